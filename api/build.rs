@@ -1,0 +1,52 @@
+//! Generates the message and service types from `proto/`, and a table of every
+//! RPC's streaming kind so the metrics layer can label calls without knowing
+//! any service.
+
+use std::{env, fmt::Write as _, fs, path::PathBuf};
+
+use prost::Message as _;
+
+const PROTOS: &[&str] = &[
+    "google/rpc/status.proto",
+    "containerd/types/platform.proto",
+    "containerd/events/namespace.proto",
+    "containerd/services/version/v1/version.proto",
+    "containerd/services/introspection/v1/introspection.proto",
+    "containerd/services/namespaces/v1/namespace.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let descriptors = out.join("descriptors.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(&descriptors)
+        .compile_protos(PROTOS, &["proto"])?;
+
+    let set = prost_types::FileDescriptorSet::decode(fs::read(&descriptors)?.as_slice())?;
+    let mut table = String::from("/// Every RPC path in the API with its streaming kind.\npub static METHODS: &[(&str, MethodKind)] = &[\n");
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let kind = match (method.client_streaming(), method.server_streaming()) {
+                    (false, false) => "Unary",
+                    (true, false) => "ClientStream",
+                    (false, true) => "ServerStream",
+                    (true, true) => "BidiStream",
+                };
+                writeln!(
+                    table,
+                    "    (\"/{}.{}/{}\", MethodKind::{kind}),",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                )?;
+            }
+        }
+    }
+    table.push_str("];\n");
+    fs::write(out.join("methods.rs"), table)?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed=proto/{proto}");
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! The containerd v1 wire contract as Rust types: messages, server traits and
+//! client stubs, generated from this crate's own `.proto` files.
+//!
+//! Module paths mirror protobuf packages so the generated cross-references
+//! (`super::super::types::Platform`) resolve.
+
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
+pub mod containerd {
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+
+    pub mod events {
+        tonic::include_proto!("containerd.events");
+    }
+
+    pub mod services {
+        pub mod version {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.version.v1");
+            }
+        }
+        pub mod introspection {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.introspection.v1");
+            }
+        }
+        pub mod namespaces {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.namespaces.v1");
+            }
+        }
+    }
+}
+
+pub use prost_types;
+
+/// How requests and responses flow for one RPC, as Prometheus' grpc_type label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodKind {
+    Unary,
+    ClientStream,
+    ServerStream,
+    BidiStream,
+}
+
+impl MethodKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            MethodKind::Unary => "unary",
+            MethodKind::ClientStream => "client_stream",
+            MethodKind::ServerStream => "server_stream",
+            MethodKind::BidiStream => "bidi_stream",
+        }
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+
+/// The streaming kind of an RPC path such as `/containerd.services.version.v1.Version/Version`.
+pub fn method_kind(path: &str) -> Option<MethodKind> {
+    METHODS.iter().find(|(p, _)| *p == path).map(|(_, k)| *k)
+}
+
+/// Packs a message as an `Any` under `type_url`. containerd names its own
+/// messages by their bare full name (`containerd.events.NamespaceCreate`).
+pub fn pack_any<M: prost::Message>(type_url: &str, msg: &M) -> prost_types::Any {
+    prost_types::Any {
+        type_url: type_url.to_string(),
+        value: msg.encode_to_vec(),
+    }
+}

@@ -1,0 +1,26 @@
+//! `cortend`: the corten daemon.
+
+mod cli;
+mod logging;
+mod metrics;
+mod plugins;
+mod run;
+mod server;
+mod shutdown;
+mod socket;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    plugins::link();
+    let args = cli::Args::parse();
+    match cli::dispatch(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cortend: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

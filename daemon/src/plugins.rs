@@ -1,0 +1,9 @@
+//! The plugins built into `cortend`. Linking a plugin crate is what
+//! registers it (each submits its registrations through `inventory`); no
+//! other code in the daemon names a plugin.
+
+pub fn link() {
+    corten_events::link();
+    corten_metadata::link();
+    corten_services::link();
+}

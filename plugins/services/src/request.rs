@@ -1,0 +1,35 @@
+//! What containerd clients put in request headers.
+
+use corten_core::identifiers;
+use tonic::{metadata::MetadataMap, Status};
+
+/// The gRPC header containerd clients name the namespace in.
+pub const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+/// The namespace a request acts in: missing is FailedPrecondition and
+/// malformed is InvalidArgument, as containerd answers.
+pub fn namespace(metadata: &MetadataMap) -> Result<String, Status> {
+    let value = metadata
+        .get(NAMESPACE_HEADER)
+        .ok_or_else(|| Status::failed_precondition("namespace is required"))?;
+    let ns = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument("namespace header is not valid text"))?;
+    identifiers::validate(ns).map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
+    Ok(ns.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_header() {
+        let mut md = MetadataMap::new();
+        assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        md.insert(NAMESPACE_HEADER, "a..b".parse().unwrap());
+        assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::InvalidArgument);
+        md.insert(NAMESPACE_HEADER, "k8s.io".parse().unwrap());
+        assert_eq!(namespace(&md).unwrap(), "k8s.io");
+    }
+}
