@@ -63,7 +63,11 @@ impl Filter {
     }
 
     pub fn matches(&self, obj: &dyn Adaptor) -> bool {
-        self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(obj)))
+        self.any.is_empty()
+            || self
+                .any
+                .iter()
+                .any(|all| all.iter().all(|s| s.matches(obj)))
     }
 }
 
@@ -78,7 +82,10 @@ impl<'a> Parser<'a> {
     }
 
     fn error(&self, what: &str) -> Error {
-        Error::InvalidArgument(format!("filters: parse error: {what} at position {} in {:?}", self.pos, self.src))
+        Error::InvalidArgument(format!(
+            "filters: parse error: {what} at position {} in {:?}",
+            self.pos, self.src
+        ))
     }
 
     fn rest(&self) -> &'a str {
@@ -123,7 +130,10 @@ impl<'a> Parser<'a> {
             Op::NotEqual(self.value()?)
         } else if self.eat("~=") {
             let pattern = self.value()?;
-            Op::Matches(Regex::new(&pattern).map_err(|e| self.error(&format!("bad regular expression: {e}")))?)
+            Op::Matches(
+                Regex::new(&pattern)
+                    .map_err(|e| self.error(&format!("bad regular expression: {e}")))?,
+            )
         } else {
             Op::Present
         };
@@ -216,7 +226,11 @@ mod tests {
     fn obj() -> Obj {
         Obj {
             id: "sha256:abc",
-            labels: BTreeMap::from([("containerd.io/gc.root", "x"), ("foo", "bar"), ("empty", "")]),
+            labels: BTreeMap::from([
+                ("containerd.io/gc.root", "x"),
+                ("foo", "bar"),
+                ("empty", ""),
+            ]),
         }
     }
 
@@ -245,7 +259,10 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         for bad in ["==x", "id==", "id==\"x", "id~=(", "id x", ",", "labels."] {
-            assert!(matches!(Filter::parse_all(&[bad]), Err(Error::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(Filter::parse_all(&[bad]), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 }

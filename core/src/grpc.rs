@@ -17,7 +17,9 @@ pub struct GrpcService {
 impl GrpcService {
     /// `register` adds the tonic server(s) to the routes; it runs once.
     pub fn new(register: impl Fn(&mut RoutesBuilder) + Send + Sync + 'static) -> Self {
-        GrpcService { register: Arc::new(register) }
+        GrpcService {
+            register: Arc::new(register),
+        }
     }
 
     pub fn register(&self, routes: &mut RoutesBuilder) {

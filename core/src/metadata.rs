@@ -11,6 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::Error;
 
+/// Key/value pairs as a scan returns them, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Reads and writes inside one atomic transaction.
 pub trait Txn {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
@@ -22,7 +25,7 @@ pub trait Txn {
 pub trait Reader {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
     /// Every pair whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error>;
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, Error>;
     /// Whether any key in `tree` starts with `prefix`.
     fn has_prefix(&self, tree: &str, prefix: &[u8]) -> Result<bool, Error>;
     /// The trees that exist, in name order.
@@ -32,7 +35,11 @@ pub trait Reader {
 /// Under the exclusive lock: reads that may scan, and transactions, with no
 /// writer running at the same time.
 pub trait Exclusive: Reader {
-    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error>;
+    fn transact(
+        &self,
+        trees: &[&str],
+        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
+    ) -> Result<(), Error>;
 }
 
 pub trait MetaStore: Reader + Send + Sync + 'static {
@@ -40,11 +47,18 @@ pub trait MetaStore: Reader + Send + Sync + 'static {
     /// run more than once when transactions conflict, so it must only compute.
     /// Returns after the writes are durable. Many transactions run at once; they
     /// all wait while an [`exclusive`](MetaStore::exclusive) section runs.
-    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error>;
+    fn transact(
+        &self,
+        trees: &[&str],
+        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
+    ) -> Result<(), Error>;
 
     /// Runs `f` with every other writer held off: for work that must scan and
     /// then write consistently (namespace deletion, garbage collection).
-    fn exclusive(&self, f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>) -> Result<(), Error>;
+    fn exclusive(
+        &self,
+        f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>,
+    ) -> Result<(), Error>;
 }
 
 /// The format version stamped on every record, so a later corten can read
@@ -60,8 +74,12 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 /// Reads a record written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::internal("decode record", e)),
-        Some((v, _)) => Err(Error::Internal(format!("record version {v} is not one this corten reads"))),
+        Some((&RECORD_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| Error::internal("decode record", e))
+        }
+        Some((v, _)) => Err(Error::Internal(format!(
+            "record version {v} is not one this corten reads"
+        ))),
         None => Err(Error::Internal("empty record".into())),
     }
 }
@@ -84,7 +102,10 @@ mod tests {
         let v = std::collections::BTreeMap::from([("a".to_string(), "b".to_string())]);
         let bytes = encode(&v).unwrap();
         assert_eq!(bytes[0], RECORD_VERSION);
-        assert_eq!(decode::<std::collections::BTreeMap<String, String>>(&bytes).unwrap(), v);
+        assert_eq!(
+            decode::<std::collections::BTreeMap<String, String>>(&bytes).unwrap(),
+            v
+        );
         assert!(decode::<u8>(&[9, 1]).is_err());
     }
 }

@@ -36,7 +36,9 @@ fn not_found(name: &str) -> Error {
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
-    labels.iter().try_for_each(|(k, v)| identifiers::validate_label(k, v))
+    labels
+        .iter()
+        .try_for_each(|(k, v)| identifiers::validate_label(k, v))
 }
 
 impl Namespaces {
@@ -47,7 +49,9 @@ impl Namespaces {
     pub fn create(&self, ns: &Namespace) -> Result<Namespace, Error> {
         identifiers::validate(&ns.name)?;
         validate_labels(&ns.labels)?;
-        let record = metadata::encode(&Record { labels: ns.labels.clone() })?;
+        let record = metadata::encode(&Record {
+            labels: ns.labels.clone(),
+        })?;
         self.store.transact(&[TREE], &|txn| {
             if txn.get(TREE, ns.name.as_bytes())?.is_some() {
                 return Err(Error::AlreadyExists(format!("namespace {:?}", ns.name)));
@@ -59,9 +63,15 @@ impl Namespaces {
 
     pub fn get(&self, name: &str) -> Result<Namespace, Error> {
         identifiers::validate(name)?;
-        let bytes = self.store.get(TREE, name.as_bytes())?.ok_or_else(|| not_found(name))?;
+        let bytes = self
+            .store
+            .get(TREE, name.as_bytes())?
+            .ok_or_else(|| not_found(name))?;
         let record: Record = metadata::decode(&bytes)?;
-        Ok(Namespace { name: name.to_string(), labels: record.labels })
+        Ok(Namespace {
+            name: name.to_string(),
+            labels: record.labels,
+        })
     }
 
     pub fn list(&self) -> Result<Vec<Namespace>, Error> {
@@ -70,7 +80,10 @@ impl Namespaces {
             .into_iter()
             .map(|(k, v)| {
                 let record: Record = metadata::decode(&v)?;
-                Ok(Namespace { name: String::from_utf8_lossy(&k).into_owned(), labels: record.labels })
+                Ok(Namespace {
+                    name: String::from_utf8_lossy(&k).into_owned(),
+                    labels: record.labels,
+                })
             })
             .collect()
     }
@@ -90,7 +103,9 @@ impl Namespaces {
         }
         let updated = std::cell::RefCell::new(None);
         self.store.transact(&[TREE], &|txn| {
-            let bytes = txn.get(TREE, ns.name.as_bytes())?.ok_or_else(|| not_found(&ns.name))?;
+            let bytes = txn
+                .get(TREE, ns.name.as_bytes())?
+                .ok_or_else(|| not_found(&ns.name))?;
             let mut record: Record = metadata::decode(&bytes)?;
             if paths.is_empty() {
                 record.labels = ns.labels.clone();
@@ -114,7 +129,10 @@ impl Namespaces {
             Ok(())
         })?;
         let labels = updated.into_inner().unwrap_or_default();
-        Ok(Namespace { name: ns.name.clone(), labels })
+        Ok(Namespace {
+            name: ns.name.clone(),
+            labels,
+        })
     }
 
     /// Deletes an empty namespace; one that still holds objects is a

@@ -52,7 +52,8 @@ impl InitError {
 
 type DecodedConfig = Box<dyn Any + Send>;
 type Decoder = fn(&Loaded, &str) -> Result<(DecodedConfig, Vec<Warning>), ConfigError>;
-type Initialiser = fn(InitContext, DecodedConfig) -> BoxFuture<'static, Result<Instance, InitError>>;
+type Initialiser =
+    fn(InitContext, DecodedConfig) -> BoxFuture<'static, Result<Instance, InitError>>;
 
 /// The type-erased form of a [`Plugin`] that `inventory` collects.
 pub struct Registration {
@@ -211,7 +212,10 @@ pub struct PluginSet {
 
 impl PluginSet {
     pub fn records(&self) -> Vec<PluginRecord> {
-        self.records.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn push(&self, record: PluginRecord) {

@@ -42,10 +42,16 @@ impl Registry {
 
         for uri in &config.required_plugins {
             if disabled.contains(uri.as_str()) {
-                return Err(StartError::Required { uri: uri.clone(), reason: "is disabled".into() });
+                return Err(StartError::Required {
+                    uri: uri.clone(),
+                    reason: "is disabled".into(),
+                });
             }
             if !registrations.iter().any(|r| r.uri() == *uri) {
-                return Err(StartError::Required { uri: uri.clone(), reason: "does not exist in corten".into() });
+                return Err(StartError::Required {
+                    uri: uri.clone(),
+                    reason: "does not exist in corten".into(),
+                });
             }
         }
         warn_unknown_sections(loaded, registrations);
@@ -63,7 +69,10 @@ impl Registry {
 
         let order = init_order(&enabled)?;
         let plugins = Arc::new(PluginSet::default());
-        let mut registry = Registry { plugins: plugins.clone(), closers: Vec::new() };
+        let mut registry = Registry {
+            plugins: plugins.clone(),
+            closers: Vec::new(),
+        };
         for index in order {
             let r = enabled[index];
             let uri = r.uri();
@@ -153,14 +162,16 @@ fn warn_unknown_sections(loaded: &Loaded, registrations: &[&'static Registration
 fn init_order(regs: &[&'static Registration]) -> Result<Vec<usize>, StartError> {
     let needs = |r: &Registration, other: &Registration| -> bool {
         !std::ptr::eq(r, other)
-            && r.requires.iter().any(|t| {
-                (*t == "*" && !other.requires.contains(&"*")) || *t == other.plugin_type
-            })
+            && r.requires
+                .iter()
+                .any(|t| (*t == "*" && !other.requires.contains(&"*")) || *t == other.plugin_type)
     };
+    let mut by_name: Vec<usize> = (0..regs.len()).collect();
+    by_name.sort_by_key(|&i| (regs[i].plugin_type, regs[i].id));
     let mut placed = vec![false; regs.len()];
     let mut order = Vec::with_capacity(regs.len());
     while order.len() < regs.len() {
-        let next = (0..regs.len()).find(|&i| {
+        let next = by_name.iter().copied().find(|&i| {
             !placed[i] && (0..regs.len()).all(|j| placed[j] || !needs(regs[i], regs[j]))
         });
         match next {
@@ -169,7 +180,7 @@ fn init_order(regs: &[&'static Registration]) -> Result<Vec<usize>, StartError> 
                 order.push(i);
             }
             None => {
-                let left: Vec<usize> = (0..regs.len()).filter(|&i| !placed[i]).collect();
+                let left: Vec<usize> = by_name.iter().copied().filter(|&i| !placed[i]).collect();
                 return Err(StartError::Cycle(describe_cycle(regs, &left, &needs)));
             }
         }
@@ -197,5 +208,193 @@ fn describe_cycle(
         }
         path.push(next);
     }
-    left.iter().map(|&i| regs[i].uri()).collect::<Vec<_>>().join(", ")
+    left.iter()
+        .map(|&i| regs[i].uri())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::plugin::{InitContext, InitError, Instance, NoConfig, Plugin};
+
+    /// What the test plugins did, in order.
+    static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    fn log(s: String) {
+        LOG.lock().unwrap().push(s);
+    }
+
+    macro_rules! test_plugin {
+        ($name:ident, $ty:literal, $id:literal, [$($req:literal),*], $outcome:expr) => {
+            struct $name;
+            impl Plugin for $name {
+                const TYPE: &'static str = $ty;
+                const ID: &'static str = $id;
+                const REQUIRES: &'static [&'static str] = &[$($req),*];
+                type Config = NoConfig;
+                async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
+                    let uri = format!("{}.{}", ctx.plugin_type, ctx.id);
+                    log(format!("init {uri}"));
+                    let outcome: Result<(), InitError> = $outcome;
+                    outcome?;
+                    Ok(Instance::new(uri.clone()).on_close(move || async move { log(format!("close {uri}")) }))
+                }
+            }
+        };
+    }
+
+    test_plugin!(Meta, "t.metadata.v1", "db", ["t.content.v1"], Ok(()));
+    test_plugin!(Content, "t.content.v1", "store", [], Ok(()));
+    test_plugin!(
+        Service,
+        "t.grpc.v1",
+        "api",
+        ["t.metadata.v1", "t.event.v1"],
+        Ok(())
+    );
+    test_plugin!(Events, "t.event.v1", "x", [], Ok(()));
+    test_plugin!(
+        Skipper,
+        "t.snapshotter.v1",
+        "skippy",
+        [],
+        Err(InitError::Skip("no kernel support".into()))
+    );
+    test_plugin!(
+        Broken,
+        "t.snapshotter.v1",
+        "broken",
+        [],
+        Err(InitError::Failed("boom".into()))
+    );
+    test_plugin!(Everything, "t.zz.v1", "all", ["*"], Ok(()));
+    test_plugin!(CycleA, "t.a.v1", "a", ["t.b.v1"], Ok(()));
+    test_plugin!(CycleB, "t.b.v1", "b", ["t.a.v1"], Ok(()));
+
+    static META: Registration = Registration::of::<Meta>();
+    static CONTENT: Registration = Registration::of::<Content>();
+    static SERVICE: Registration = Registration::of::<Service>();
+    static EVENTS: Registration = Registration::of::<Events>();
+    static SKIPPER: Registration = Registration::of::<Skipper>();
+    static BROKEN: Registration = Registration::of::<Broken>();
+    static EVERYTHING: Registration = Registration::of::<Everything>();
+    static CYCLE_A: Registration = Registration::of::<CycleA>();
+    static CYCLE_B: Registration = Registration::of::<CycleB>();
+
+    fn loaded(extra: &str) -> Loaded {
+        let dir = std::env::temp_dir().join(format!("corten-registry-{}", std::process::id()));
+        let text = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n{extra}",
+            dir.join("root"),
+            dir.join("state")
+        );
+        corten_config::from_str("test.toml".as_ref(), &text).unwrap()
+    }
+
+    fn uris(set: &PluginSet) -> Vec<String> {
+        set.records()
+            .iter()
+            .map(|r| format!("{}.{}", r.plugin_type, r.id))
+            .collect()
+    }
+
+    // The registry's tests share LOG, so they run as one test.
+    #[tokio::test]
+    async fn lifecycle() {
+        // Dependencies first, otherwise by (type, id), whatever the input order.
+        let regs = [&SERVICE, &EVERYTHING, &META, &EVENTS, &CONTENT];
+        let order = init_order(&regs).unwrap();
+        let names: Vec<String> = order.iter().map(|&i| regs[i].uri()).collect();
+        assert_eq!(
+            names,
+            [
+                "t.content.v1.store",
+                "t.event.v1.x",
+                "t.metadata.v1.db",
+                "t.grpc.v1.api",
+                "t.zz.v1.all"
+            ]
+        );
+
+        let err = init_order(&[&CYCLE_A, &CYCLE_B, &CONTENT]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin dependency cycle: t.a.v1.a -> t.b.v1.b -> t.a.v1.a"
+        );
+
+        // Skips and failures are recorded and startup goes on; close runs in reverse.
+        LOG.lock().unwrap().clear();
+        let mut registry = Registry::start(&loaded(""), &[&META, &CONTENT, &SKIPPER, &BROKEN])
+            .await
+            .unwrap();
+        let records = registry.plugins().records();
+        let status = |id: &str| records.iter().find(|r| r.id == id).unwrap().status.clone();
+        assert!(matches!(status("skippy"), Status::Skipped(r) if r == "no kernel support"));
+        assert!(matches!(status("broken"), Status::Failed(r) if r == "boom"));
+        assert!(matches!(status("db"), Status::Ok));
+        assert_eq!(
+            records
+                .iter()
+                .find(|r| r.id == "db")
+                .unwrap()
+                .value::<String>()
+                .unwrap(),
+            "t.metadata.v1.db"
+        );
+        registry.close().await;
+        assert_eq!(
+            LOG.lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.starts_with("close"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            ["close t.metadata.v1.db", "close t.content.v1.store"]
+        );
+
+        // Disabled plugins never init and are absent.
+        LOG.lock().unwrap().clear();
+        let registry = Registry::start(
+            &loaded(r#"disabled_plugins = ["t.event.v1.x"]"#),
+            &[&CONTENT, &EVENTS],
+        )
+        .await
+        .unwrap();
+        assert_eq!(uris(&registry.plugins()), ["t.content.v1.store"]);
+        assert_eq!(*LOG.lock().unwrap(), ["init t.content.v1.store"]);
+
+        // A required plugin that fails stops startup, after closing what started.
+        LOG.lock().unwrap().clear();
+        let err = Registry::start(
+            &loaded(r#"required_plugins = ["t.snapshotter.v1.broken"]"#),
+            &[&CONTENT, &BROKEN],
+        )
+        .await
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "required plugin t.snapshotter.v1.broken failed: boom"
+        );
+        assert!(LOG
+            .lock()
+            .unwrap()
+            .contains(&"close t.content.v1.store".to_string()));
+
+        let err = Registry::start(
+            &loaded(r#"required_plugins = ["t.nope.v1.x"]"#),
+            &[&CONTENT],
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("t.nope.v1.x does not exist"),
+            "{err}"
+        );
+    }
 }

@@ -13,7 +13,11 @@ use corten_core::plugin::Registration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/corten/config.toml";
 
 #[derive(Parser, Debug)]
-#[command(name = "cortend", version, about = "corten: a containerd-compatible container daemon")]
+#[command(
+    name = "cortend",
+    version,
+    about = "corten: a containerd-compatible container daemon"
+)]
 pub struct Args {
     /// Config file (containerd's config.toml version 2 layout)
     #[arg(short, long, global = true)]
@@ -53,7 +57,9 @@ pub enum ConfigAction {
 
 pub fn dispatch(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Some(Command::Config { action: ConfigAction::Default }) => {
+        Some(Command::Config {
+            action: ConfigAction::Default,
+        }) => {
             let defaults: BTreeMap<String, toml::Value> = Registration::all()
                 .into_iter()
                 .map(|r| (r.uri(), (r.default_config)()))
@@ -62,7 +68,9 @@ pub fn dispatch(args: Args) -> anyhow::Result<()> {
             print!("{}", corten_config::default_toml(&defaults));
             Ok(())
         }
-        Some(Command::Config { action: ConfigAction::Dump }) => {
+        Some(Command::Config {
+            action: ConfigAction::Dump,
+        }) => {
             let mut loaded = load_config(&args)?;
             for r in Registration::all() {
                 let uri = r.uri();
@@ -88,8 +96,11 @@ fn load_config(args: &Args) -> anyhow::Result<Loaded> {
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
             corten_config::load(DEFAULT_CONFIG_PATH.as_ref())?
         }
-        None => corten_config::from_str("<default>".as_ref(), &corten_config::default_toml(&BTreeMap::new()))
-            .context("embedded default config")?,
+        None => corten_config::from_str(
+            "<default>".as_ref(),
+            &corten_config::default_toml(&BTreeMap::new()),
+        )
+        .context("embedded default config")?,
     };
     let config = &mut loaded.config;
     if let Some(a) = &args.address {

@@ -8,7 +8,10 @@ fn version_reports_corten() {
     let d = Daemon::start();
     let out = ok(d.ctr(&["version"]));
     let server = out.split("Server:").nth(1).expect("a Server section");
-    assert!(server.contains(&format!("Version:  {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(
+        server.contains(&format!("Version:  {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     assert!(server.contains("UUID: "), "{out}");
 }
 
@@ -17,7 +20,10 @@ fn server_uuid_survives_restart() {
     let mut d = Daemon::start();
     let uuid = |d: &Daemon| {
         let out = ok(d.ctr(&["version"]));
-        out.lines().find(|l| l.contains("UUID:")).expect("UUID line").to_string()
+        out.lines()
+            .find(|l| l.contains("UUID:"))
+            .expect("UUID line")
+            .to_string()
     };
     let before = uuid(&d);
     d.restart();
@@ -43,7 +49,11 @@ fn plugins_ls_lists_ours_with_status() {
         assert_eq!(line.split_whitespace().last(), Some("ok"), "{line}");
     }
     let filtered = ok(d.ctr(&["plugins", "ls", "id==sled"]));
-    assert_eq!(filtered.lines().count(), 2, "header and one plugin:\n{filtered}");
+    assert_eq!(
+        filtered.lines().count(),
+        2,
+        "header and one plugin:\n{filtered}"
+    );
 }
 
 #[test]
@@ -78,7 +88,10 @@ fn namespace_errors_carry_containerd_codes() {
     assert!(err.contains("identifier"), "{err}");
     // ctr treats NotFound on rm as already gone, so this only works if the
     // code is NotFound (the metrics test checks the code itself).
-    assert_eq!(ok(d.ctr(&["namespaces", "rm", "missing"])).trim(), "missing");
+    assert_eq!(
+        ok(d.ctr(&["namespaces", "rm", "missing"])).trim(),
+        "missing"
+    );
 }
 
 #[test]

@@ -13,7 +13,12 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
     let status = d.stop();
     assert!(status.success(), "exit status {status}");
     assert!(!d.socket.exists());
-    assert!(d.log().contains("closed plugin=io.containerd.metadata.v1.sled"), "{}", d.log());
+    assert!(
+        d.log()
+            .contains("closed plugin=io.containerd.metadata.v1.sled"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -28,13 +33,16 @@ fn stale_socket_is_replaced_live_one_refused() {
             .replace(&format!("{:?}", second.socket), &format!("{:?}", d.socket)),
     )
     .unwrap();
-    let err = second.spawn().expect_err("second daemon must refuse a live socket");
+    let err = second
+        .spawn()
+        .expect_err("second daemon must refuse a live socket");
     assert!(err.contains("another daemon is serving"), "{err}");
 
     // After a crash the socket file stays; the next start replaces it.
     d.kill();
     assert!(d.socket.exists());
-    d.spawn().unwrap_or_else(|log| panic!("restart after crash:\n{log}"));
+    d.spawn()
+        .unwrap_or_else(|log| panic!("restart after crash:\n{log}"));
     ok(d.ctr(&["version"]));
 }
 
@@ -52,7 +60,11 @@ required_plugins = ["io.containerd.grpc.v1.namespaces"]"#,
 /// A file where the metadata plugin wants its directory makes it fail.
 fn break_metadata(d: &Daemon) {
     std::fs::create_dir_all(&d.root).unwrap();
-    std::fs::write(d.root.join("io.containerd.metadata.v1.sled"), b"not a directory").unwrap();
+    std::fs::write(
+        d.root.join("io.containerd.metadata.v1.sled"),
+        b"not a directory",
+    )
+    .unwrap();
 }
 
 #[test]
@@ -60,7 +72,10 @@ fn required_plugin_that_fails_stops_startup() {
     let mut d = Daemon::configure(r#"required_plugins = ["io.containerd.metadata.v1.sled"]"#);
     break_metadata(&d);
     let log = d.spawn().expect_err("startup must fail");
-    assert!(log.contains("required plugin io.containerd.metadata.v1.sled failed"), "{log}");
+    assert!(
+        log.contains("required plugin io.containerd.metadata.v1.sled failed"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -96,9 +111,14 @@ fn malformed_config_names_file_and_line() {
 fn wrong_type_names_file_line_and_key() {
     let mut d = Daemon::configure("oom_score = \"high\"");
     let log = d.spawn().expect_err("startup must fail");
-    assert!(log.contains(&format!("{}:4: key `oom_score`", d.config.display())), "{log}");
+    assert!(
+        log.contains(&format!("{}:4: key `oom_score`", d.config.display())),
+        "{log}"
+    );
 
-    let mut d = Daemon::configure("[plugins.\"io.containerd.metadata.v1.sled\"]\ncache_capacity = \"lots\"");
+    let mut d = Daemon::configure(
+        "[plugins.\"io.containerd.metadata.v1.sled\"]\ncache_capacity = \"lots\"",
+    );
     let log = d.spawn().expect_err("startup must fail");
     assert!(log.contains("cache_capacity"), "{log}");
     assert!(log.contains(&format!("{}:", d.config.display())), "{log}");
@@ -109,10 +129,12 @@ fn containerd_default_config_loads_with_warnings() {
     let mut d = Daemon::configure("");
     // `containerd config default` from Debian's containerd 1.6, with our own
     // root, state and addresses put in, as a user would adapt it.
-    let out = ok(Command::new(corten_tests::system_tool("containerd", "containerd"))
-        .args(["config", "default"])
-        .output()
-        .unwrap());
+    let out = ok(
+        Command::new(corten_tests::system_tool("containerd", "containerd"))
+            .args(["config", "default"])
+            .output()
+            .unwrap(),
+    );
     let mut text = String::new();
     let mut section = String::new();
     for line in out.lines() {
@@ -125,7 +147,9 @@ fn containerd_default_config_loads_with_warnings() {
             ("", "root") => format!("root = {:?}", d.root),
             ("", "state") => format!("state = {:?}", d.state),
             ("[grpc]", "address") => format!("  address = {:?}", d.socket),
-            ("[ttrpc]", "address") => format!("  address = {:?}", format!("{}.ttrpc", d.socket.display())),
+            ("[ttrpc]", "address") => {
+                format!("  address = {:?}", format!("{}.ttrpc", d.socket.display()))
+            }
             ("[debug]", "address") => "  address = \"\"".into(),
             ("[metrics]", "address") => format!("  address = {:?}", d.metrics),
             _ => line.to_string(),
@@ -134,17 +158,27 @@ fn containerd_default_config_loads_with_warnings() {
         text.push('\n');
     }
     std::fs::write(&d.config, text).unwrap();
-    d.spawn().unwrap_or_else(|log| panic!("containerd's default config must load:\n{log}"));
+    d.spawn()
+        .unwrap_or_else(|log| panic!("containerd's default config must load:\n{log}"));
     let log = d.log();
-    assert!(log.contains("io.containerd.grpc.v1.cri") && log.contains("ignored"), "{log}");
+    assert!(
+        log.contains("io.containerd.grpc.v1.cri") && log.contains("ignored"),
+        "{log}"
+    );
     ok(d.ctr(&["namespaces", "ls"]));
 }
 
 #[test]
 fn config_default_and_dump() {
-    let default = ok(Command::new(bin("cortend")).args(["config", "default"]).output().unwrap());
+    let default = ok(Command::new(bin("cortend"))
+        .args(["config", "default"])
+        .output()
+        .unwrap());
     assert!(default.starts_with("version = 2"), "{default}");
-    assert!(default.contains("[plugins.\"io.containerd.metadata.v1.sled\"]"), "{default}");
+    assert!(
+        default.contains("[plugins.\"io.containerd.metadata.v1.sled\"]"),
+        "{default}"
+    );
 
     // The printed default is itself a valid config, and dump shows the
     // effective values, flags included.
@@ -166,7 +200,11 @@ fn imports_apply() {
     let mut d = Daemon::configure(r#"imports = ["conf.d/*.toml"]"#);
     let conf_d = d.dir.path().join("conf.d");
     std::fs::create_dir(&conf_d).unwrap();
-    std::fs::write(conf_d.join("10-disable.toml"), "disabled_plugins = [\"io.containerd.grpc.v1.namespaces\"]\n").unwrap();
+    std::fs::write(
+        conf_d.join("10-disable.toml"),
+        "disabled_plugins = [\"io.containerd.grpc.v1.namespaces\"]\n",
+    )
+    .unwrap();
     d.spawn().unwrap_or_else(|log| panic!("{log}"));
     assert!(!ok(d.ctr(&["plugins", "ls"])).contains("namespaces"));
 }

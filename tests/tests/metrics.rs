@@ -20,10 +20,30 @@ fn scrape_counts_rpcs_by_code_and_passes_promtool() {
     let (status, body) = d.http_get("/v1/metrics");
     assert!(status.contains("200"), "{status}");
     let version = r#"grpc_method="Version""#;
-    assert!(counter(&body, "grpc_server_started_total", &[version]) >= 1.0, "{body}");
-    assert!(counter(&body, "grpc_server_handled_total", &[version, r#"grpc_code="OK""#]) >= 1.0, "{body}");
-    assert!(counter(&body, "grpc_server_handled_total", &[r#"grpc_method="Delete""#, r#"grpc_code="NotFound""#]) >= 1.0, "{body}");
-    assert!(counter(&body, "grpc_server_handling_seconds_count", &[version]) >= 1.0, "{body}");
+    assert!(
+        counter(&body, "grpc_server_started_total", &[version]) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        counter(
+            &body,
+            "grpc_server_handled_total",
+            &[version, r#"grpc_code="OK""#]
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        counter(
+            &body,
+            "grpc_server_handled_total",
+            &[r#"grpc_method="Delete""#, r#"grpc_code="NotFound""#]
+        ) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        counter(&body, "grpc_server_handling_seconds_count", &[version]) >= 1.0,
+        "{body}"
+    );
     assert!(body.contains("process_resident_memory_bytes"), "{body}");
     assert!(body.contains("containerd_build_info_total{"), "{body}");
 
@@ -34,10 +54,22 @@ fn scrape_counts_rpcs_by_code_and_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
 
     let (status, _) = d.http_get("/metrics");
     assert!(status.contains("404"), "{status}");
@@ -52,17 +84,26 @@ fn health_reports_serving() {
         let channel = tonic::transport::Endpoint::from_static("http://localhost")
             .connect_with_connector(tower::service_fn(move |_| {
                 let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
             }))
             .await
             .unwrap();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         client
-            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .unwrap()
             .into_inner()
             .status
     });
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }

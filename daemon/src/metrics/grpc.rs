@@ -28,7 +28,12 @@ impl Call {
     pub fn from_path(path: &str) -> Option<Call> {
         let kind = corten_api::method_kind(path)?;
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-        Some(Call { kind: label(kind), service: service.into(), method: method.into(), start: Instant::now() })
+        Some(Call {
+            kind: label(kind),
+            service: service.into(),
+            method: method.into(),
+            start: Instant::now(),
+        })
     }
 }
 
@@ -44,7 +49,10 @@ impl GrpcMetrics {
             labels,
         )?;
         let handled = IntCounterVec::new(
-            Opts::new("grpc_server_handled_total", "RPCs completed on the server, regardless of success or failure."),
+            Opts::new(
+                "grpc_server_handled_total",
+                "RPCs completed on the server, regardless of success or failure.",
+            ),
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
         let seconds = HistogramVec::new(
@@ -58,17 +66,27 @@ impl GrpcMetrics {
         registry.register(Box::new(started.clone()))?;
         registry.register(Box::new(handled.clone()))?;
         registry.register(Box::new(seconds.clone()))?;
-        Ok(GrpcMetrics { started, handled, seconds })
+        Ok(GrpcMetrics {
+            started,
+            handled,
+            seconds,
+        })
     }
 
     pub fn started(&self, call: &Call) {
-        self.started.with_label_values(&[call.kind, &call.service, &call.method]).inc();
+        self.started
+            .with_label_values(&[call.kind, &call.service, &call.method])
+            .inc();
     }
 
     pub fn handled(&self, call: &Call, code: tonic::Code) {
         let labels = [call.kind, call.service.as_str(), call.method.as_str()];
-        self.handled.with_label_values(&[labels[0], labels[1], labels[2], code_name(code)]).inc();
-        self.seconds.with_label_values(&labels).observe(call.start.elapsed().as_secs_f64());
+        self.handled
+            .with_label_values(&[labels[0], labels[1], labels[2], code_name(code)])
+            .inc();
+        self.seconds
+            .with_label_values(&labels)
+            .observe(call.start.elapsed().as_secs_f64());
     }
 }
 

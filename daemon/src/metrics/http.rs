@@ -11,21 +11,28 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 
 pub async fn bind(address: &str) -> anyhow::Result<TcpListener> {
-    let addr: SocketAddr = address.parse().with_context(|| format!("[metrics] address {address:?}"))?;
-    TcpListener::bind(addr).await.with_context(|| format!("listen for metrics on {addr}"))
+    let addr: SocketAddr = address
+        .parse()
+        .with_context(|| format!("[metrics] address {address:?}"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for metrics on {addr}"))
 }
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Registry) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &registry)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!("metrics connection: {e}");
             }
@@ -35,12 +42,18 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
 
 fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<bytes::Bytes>> {
     if req.uri().path() != "/v1/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found: metrics are at /v1/metrics\n".into());
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /v1/metrics\n".into(),
+        );
     }
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
     if let Err(e) = encoder.encode(&registry.gather(), &mut body) {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, format!("encode metrics: {e}\n").into_bytes());
+        return plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encode metrics: {e}\n").into_bytes(),
+        );
     }
     Response::builder()
         .header(http::header::CONTENT_TYPE, encoder.format_type())

@@ -31,7 +31,10 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metered<S>;
 
     fn layer(&self, inner: S) -> Metered<S> {
-        Metered { inner, metrics: self.metrics.clone() }
+        Metered {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -70,14 +73,27 @@ where
                 metrics.handled(&call, code);
                 return Ok(response);
             }
-            let pending = Pending { metrics, call: Some(call) };
-            Ok(response.map(|body| Body::new(Observed { inner: body, pending })))
+            let pending = Pending {
+                metrics,
+                call: Some(call),
+            };
+            Ok(response.map(|body| {
+                Body::new(Observed {
+                    inner: body,
+                    pending,
+                })
+            }))
         })
     }
 }
 
 fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(tonic::Code::from(value))
 }
 
@@ -123,7 +139,8 @@ impl HttpBody for Observed {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.pending.finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
+                    this.pending
+                        .finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
                 }
             }
             Poll::Ready(Some(Err(_))) => this.pending.finish(tonic::Code::Internal),

@@ -18,13 +18,21 @@ pub fn registry() -> anyhow::Result<(Registry, GrpcMetrics)> {
 
     // Named as containerd names it, so existing dashboards find it.
     let build = IntCounterVec::new(
-        Opts::new("containerd_build_info_total", "The daemon's version and revision, always 1"),
+        Opts::new(
+            "containerd_build_info_total",
+            "The daemon's version and revision, always 1",
+        ),
         &["version", "revision"],
     )?;
     build
-        .with_label_values(&[corten_core::version::VERSION, corten_core::version::REVISION])
+        .with_label_values(&[
+            corten_core::version::VERSION,
+            corten_core::version::REVISION,
+        ])
         .inc();
     registry.register(Box::new(build))?;
-    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     Ok((registry, grpc))
 }

@@ -36,7 +36,9 @@ pub struct Broadcast {
 
 impl Broadcast {
     pub fn new(capacity: usize) -> Self {
-        Broadcast { sender: broadcast::channel(capacity.max(1)).0 }
+        Broadcast {
+            sender: broadcast::channel(capacity.max(1)).0,
+        }
     }
 }
 
@@ -68,6 +70,10 @@ impl Plugin for ExchangePlugin {
 }
 
 register_plugin!(ExchangePlugin);
+
+/// Called by the daemon binary so the linker keeps this crate, and with it
+/// the plugin registrations `inventory` collects from it.
+pub fn link() {}
 
 #[cfg(test)]
 mod tests {
@@ -104,7 +110,3 @@ mod tests {
         assert!(x.publish(envelope("n", "a")).is_err());
     }
 }
-
-/// Called by the daemon binary so the linker keeps this crate, and with it
-/// the plugin registrations `inventory` collects from it.
-pub fn link() {}

@@ -14,10 +14,12 @@ use std::{
 };
 
 use corten_core::{
-    metadata::{Exclusive, MetaStore, Reader, Txn},
+    metadata::{Exclusive, MetaStore, Pairs, Reader, Txn},
     Error,
 };
-use sled::transaction::{ConflictableTransactionError, TransactionalTree, UnabortableTransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
+};
 
 /// The layout version of the whole database, checked at open.
 const SCHEMA_VERSION: &[u8] = b"1";
@@ -51,11 +53,16 @@ impl SledStore {
                 )))
             }
             None => {
-                db.insert(SCHEMA_KEY, SCHEMA_VERSION).map_err(db_err("write schema version"))?;
+                db.insert(SCHEMA_KEY, SCHEMA_VERSION)
+                    .map_err(db_err("write schema version"))?;
                 db.flush().map_err(db_err("flush"))?;
             }
         }
-        Ok(SledStore { db, trees: RwLock::new(HashMap::new()), writers: RwLock::new(()) })
+        Ok(SledStore {
+            db,
+            trees: RwLock::new(HashMap::new()),
+            writers: RwLock::new(()),
+        })
     }
 
     pub fn flush(&self) {
@@ -65,11 +72,19 @@ impl SledStore {
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree, Error> {
-        if let Some(t) = self.trees.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        if let Some(t) = self
+            .trees
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
             return Ok(t.clone());
         }
         let tree = self.db.open_tree(name).map_err(db_err("open tree"))?;
-        self.trees.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), tree.clone());
+        self.trees
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), tree.clone());
         Ok(tree)
     }
 
@@ -78,20 +93,34 @@ impl SledStore {
     }
 
     /// One sled transaction over `names`, then a flush; the caller holds the lock.
-    fn transact_unlocked(&self, names: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
-        let trees = names.iter().map(|n| self.tree(n)).collect::<Result<Vec<_>, _>>()?;
-        let result = sled::Transactional::transaction(trees.as_slice(), |views: &Vec<TransactionalTree>| {
-            let txn = SledTxn { names, views, conflicted: Cell::new(false) };
-            match f(&txn) {
-                Ok(()) => Ok(()),
-                Err(_) if txn.conflicted.get() => Err(ConflictableTransactionError::Conflict),
-                Err(e) => Err(ConflictableTransactionError::Abort(e)),
-            }
-        });
+    fn transact_unlocked(
+        &self,
+        names: &[&str],
+        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let result =
+            sled::Transactional::transaction(trees.as_slice(), |views: &Vec<TransactionalTree>| {
+                let txn = SledTxn {
+                    names,
+                    views,
+                    conflicted: Cell::new(false),
+                };
+                match f(&txn) {
+                    Ok(()) => Ok(()),
+                    Err(_) if txn.conflicted.get() => Err(ConflictableTransactionError::Conflict),
+                    Err(e) => Err(ConflictableTransactionError::Abort(e)),
+                }
+            });
         match result {
             Ok(()) => {}
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => return Err(Error::internal("metadata transaction", e)),
+            Err(sled::transaction::TransactionError::Storage(e)) => {
+                return Err(Error::internal("metadata transaction", e))
+            }
         }
         self.db.flush().map_err(db_err("flush metadata"))?;
         Ok(())
@@ -112,7 +141,9 @@ impl SledTxn<'_> {
             .iter()
             .position(|n| *n == tree)
             .map(|i| &self.views[i])
-            .ok_or_else(|| Error::Internal(format!("tree {tree:?} is not part of this transaction")))
+            .ok_or_else(|| {
+                Error::Internal(format!("tree {tree:?} is not part of this transaction"))
+            })
     }
 
     fn check<T>(&self, r: Result<T, UnabortableTransactionError>) -> Result<T, Error> {
@@ -146,10 +177,13 @@ impl Reader for SledStore {
         Ok(v.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, Error> {
         self.tree(tree)?
             .scan_prefix(prefix)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(db_err("scan metadata")))
+            .map(|kv| {
+                kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(db_err("scan metadata"))
+            })
             .collect()
     }
 
@@ -174,12 +208,19 @@ impl Reader for SledStore {
 }
 
 impl MetaStore for SledStore {
-    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
+    fn transact(
+        &self,
+        trees: &[&str],
+        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let _shared = self.read_lock();
         self.transact_unlocked(trees, f)
     }
 
-    fn exclusive(&self, f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>) -> Result<(), Error> {
+    fn exclusive(
+        &self,
+        f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let _only = self.writers.write().unwrap_or_else(|e| e.into_inner());
         f(&Locked(self))
     }
@@ -192,7 +233,7 @@ impl Reader for Locked<'_> {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         self.0.get(tree, key)
     }
-    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Pairs, Error> {
         self.0.scan_prefix(tree, prefix)
     }
     fn has_prefix(&self, tree: &str, prefix: &[u8]) -> Result<bool, Error> {
@@ -204,7 +245,11 @@ impl Reader for Locked<'_> {
 }
 
 impl Exclusive for Locked<'_> {
-    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
+    fn transact(
+        &self,
+        trees: &[&str],
+        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         self.0.transact_unlocked(trees, f)
     }
 }
@@ -254,7 +299,10 @@ mod tests {
             db.insert(SCHEMA_KEY, b"99").unwrap();
             db.flush().unwrap();
         }
-        assert!(matches!(SledStore::open(&dir.path().join("db"), 1 << 20), Err(Error::FailedPrecondition(_))));
+        assert!(matches!(
+            SledStore::open(&dir.path().join("db"), 1 << 20),
+            Err(Error::FailedPrecondition(_))
+        ));
     }
 
     #[test]
@@ -284,25 +332,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s: Arc<dyn MetaStore> = Arc::new(open(dir.path()));
         let ns = Namespaces::new(s.clone());
-        let x = Namespace { name: "x".into(), labels: [("a".into(), "b".into())].into() };
+        let x = Namespace {
+            name: "x".into(),
+            labels: [("a".into(), "b".into())].into(),
+        };
         ns.create(&x).unwrap();
         assert!(matches!(ns.create(&x), Err(Error::AlreadyExists(_))));
-        assert!(matches!(ns.create(&Namespace { name: "a/b".into(), ..x.clone() }), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            ns.create(&Namespace {
+                name: "a/b".into(),
+                ..x.clone()
+            }),
+            Err(Error::InvalidArgument(_))
+        ));
         assert_eq!(ns.get("x").unwrap(), x);
         assert!(matches!(ns.get("y"), Err(Error::NotFound(_))));
 
-        let set = Namespace { name: "x".into(), labels: [("c".into(), "d".into())].into() };
+        let set = Namespace {
+            name: "x".into(),
+            labels: [("c".into(), "d".into())].into(),
+        };
         let got = ns.update(&set, &["labels.c".into()]).unwrap();
         assert_eq!(got.labels.len(), 2);
-        let clear = Namespace { name: "x".into(), labels: Default::default() };
+        let clear = Namespace {
+            name: "x".into(),
+            labels: Default::default(),
+        };
         let got = ns.update(&clear, &["labels.a".into()]).unwrap();
         assert_eq!(got.labels, [("c".to_string(), "d".to_string())].into());
-        assert!(matches!(ns.update(&clear, &["name".into()]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            ns.update(&clear, &["name".into()]),
+            Err(Error::InvalidArgument(_))
+        ));
 
-        s.transact(&["images"], &|t| t.insert("images", b"x/busybox", vec![1])).unwrap();
+        s.transact(&["images"], &|t| t.insert("images", b"x/busybox", vec![1]))
+            .unwrap();
         let err = ns.delete("x").unwrap_err();
-        assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("images")), "{err}");
-        s.transact(&["images"], &|t| t.remove("images", b"x/busybox")).unwrap();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.contains("images")),
+            "{err}"
+        );
+        s.transact(&["images"], &|t| t.remove("images", b"x/busybox"))
+            .unwrap();
         ns.delete("x").unwrap();
         assert!(matches!(ns.delete("x"), Err(Error::NotFound(_))));
         assert_eq!(ns.list().unwrap(), vec![]);

@@ -19,7 +19,9 @@ impl Plugin for HealthPlugin {
     async fn init(_: InitContext, _: NoConfig) -> Result<Instance, InitError> {
         let (reporter, server) = health_reporter();
         // The empty service name is the whole server's health.
-        reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         Ok(Instance::new(GrpcService::new(move |routes| {
             // Statuses live as long as a reporter does.
             let _ = &reporter;

@@ -13,7 +13,10 @@ use corten_api::{
 use corten_core::{
     filters::{Adaptor, Filter},
     grpc::GrpcService,
-    plugin::{InitContext, InitError, Instance, NoConfig, Plugin, PluginRecord, PluginSet, Status as InitStatus},
+    plugin::{
+        InitContext, InitError, Instance, NoConfig, Plugin, PluginRecord, PluginSet,
+        Status as InitStatus,
+    },
     register_plugin,
 };
 use tonic::{Request, Response, Status};
@@ -58,12 +61,19 @@ fn init_err(status: &InitStatus) -> Option<RpcStatus> {
         InitStatus::Skipped(reason) => format!("{reason}: skip plugin"),
         InitStatus::Failed(reason) => reason.clone(),
     };
-    Some(RpcStatus { code: tonic::Code::Unknown as i32, message, details: vec![] })
+    Some(RpcStatus {
+        code: tonic::Code::Unknown as i32,
+        message,
+        details: vec![],
+    })
 }
 
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
-    async fn plugins(&self, request: Request<PluginsRequest>) -> Result<Response<PluginsResponse>, Status> {
+    async fn plugins(
+        &self,
+        request: Request<PluginsRequest>,
+    ) -> Result<Response<PluginsResponse>, Status> {
         let filter = Filter::parse_all(&request.into_inner().filters).map_err(to_status)?;
         let plugins = self
             .plugins
@@ -84,7 +94,9 @@ impl Introspection for IntrospectionService {
     }
 
     async fn server(&self, _: Request<()>) -> Result<Response<ServerResponse>, Status> {
-        let pidns = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0);
+        let pidns = std::fs::metadata("/proc/self/ns/pid")
+            .map(|m| m.ino())
+            .unwrap_or(0);
         Ok(Response::new(ServerResponse {
             uuid: self.uuid.clone(),
             pid: std::process::id().into(),
@@ -121,8 +133,12 @@ impl Plugin for IntrospectionPlugin {
     type Config = NoConfig;
 
     async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
-        let uuid = load_or_create_uuid(&ctx.root).map_err(|e| InitError::failed("server uuid", e))?;
-        let service = IntrospectionService { plugins: ctx.plugins(), uuid };
+        let uuid =
+            load_or_create_uuid(&ctx.root).map_err(|e| InitError::failed("server uuid", e))?;
+        let service = IntrospectionService {
+            plugins: ctx.plugins(),
+            uuid,
+        };
         Ok(Instance::new(GrpcService::new(move |routes| {
             routes.add_service(IntrospectionServer::new(service.clone()));
         })))

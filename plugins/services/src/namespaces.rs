@@ -8,9 +8,10 @@ use corten_api::{
         events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate},
         services::namespaces::v1::{
             namespaces_server::{Namespaces as NamespacesApi, NamespacesServer},
-            CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
-            GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespaceMsg,
-            UpdateNamespaceRequest, UpdateNamespaceResponse,
+            CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest,
+            GetNamespaceRequest, GetNamespaceResponse, ListNamespacesRequest,
+            ListNamespacesResponse, Namespace as NamespaceMsg, UpdateNamespaceRequest,
+            UpdateNamespaceResponse,
         },
     },
     pack_any,
@@ -34,12 +35,18 @@ struct NamespacesService {
 }
 
 fn to_msg(ns: Namespace) -> NamespaceMsg {
-    NamespaceMsg { name: ns.name, labels: ns.labels.into_iter().collect() }
+    NamespaceMsg {
+        name: ns.name,
+        labels: ns.labels.into_iter().collect(),
+    }
 }
 
 fn from_msg(msg: Option<NamespaceMsg>) -> Namespace {
     let msg = msg.unwrap_or_default();
-    Namespace { name: msg.name, labels: msg.labels.into_iter().collect::<BTreeMap<_, _>>() }
+    Namespace {
+        name: msg.name,
+        labels: msg.labels.into_iter().collect::<BTreeMap<_, _>>(),
+    }
 }
 
 impl NamespacesService {
@@ -60,17 +67,27 @@ impl NamespacesService {
 
 #[tonic::async_trait]
 impl NamespacesApi for NamespacesService {
-    async fn get(&self, request: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<GetNamespaceRequest>,
+    ) -> Result<Response<GetNamespaceResponse>, Status> {
         let store = self.store.clone();
         let name = request.into_inner().name;
         let ns = blocking(move || store.get(&name)).await?;
-        Ok(Response::new(GetNamespaceResponse { namespace: Some(to_msg(ns)) }))
+        Ok(Response::new(GetNamespaceResponse {
+            namespace: Some(to_msg(ns)),
+        }))
     }
 
-    async fn list(&self, _: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
+    async fn list(
+        &self,
+        _: Request<ListNamespacesRequest>,
+    ) -> Result<Response<ListNamespacesResponse>, Status> {
         let store = self.store.clone();
         let list = blocking(move || store.list()).await?;
-        Ok(Response::new(ListNamespacesResponse { namespaces: list.into_iter().map(to_msg).collect() }))
+        Ok(Response::new(ListNamespacesResponse {
+            namespaces: list.into_iter().map(to_msg).collect(),
+        }))
     }
 
     async fn create(
@@ -80,9 +97,18 @@ impl NamespacesApi for NamespacesService {
         let store = self.store.clone();
         let ns = from_msg(request.into_inner().namespace);
         let created = blocking(move || store.create(&ns)).await?;
-        let event = NamespaceCreate { name: created.name.clone(), labels: created.labels.clone().into_iter().collect() };
-        self.publish(&created.name, "/namespaces/create", pack_any("containerd.events.NamespaceCreate", &event));
-        Ok(Response::new(CreateNamespaceResponse { namespace: Some(to_msg(created)) }))
+        let event = NamespaceCreate {
+            name: created.name.clone(),
+            labels: created.labels.clone().into_iter().collect(),
+        };
+        self.publish(
+            &created.name,
+            "/namespaces/create",
+            pack_any("containerd.events.NamespaceCreate", &event),
+        );
+        Ok(Response::new(CreateNamespaceResponse {
+            namespace: Some(to_msg(created)),
+        }))
     }
 
     async fn update(
@@ -94,18 +120,34 @@ impl NamespacesApi for NamespacesService {
         let ns = from_msg(request.namespace);
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
         let updated = blocking(move || store.update(&ns, &paths)).await?;
-        let event = NamespaceUpdate { name: updated.name.clone(), labels: updated.labels.clone().into_iter().collect() };
-        self.publish(&updated.name, "/namespaces/update", pack_any("containerd.events.NamespaceUpdate", &event));
-        Ok(Response::new(UpdateNamespaceResponse { namespace: Some(to_msg(updated)) }))
+        let event = NamespaceUpdate {
+            name: updated.name.clone(),
+            labels: updated.labels.clone().into_iter().collect(),
+        };
+        self.publish(
+            &updated.name,
+            "/namespaces/update",
+            pack_any("containerd.events.NamespaceUpdate", &event),
+        );
+        Ok(Response::new(UpdateNamespaceResponse {
+            namespace: Some(to_msg(updated)),
+        }))
     }
 
-    async fn delete(&self, request: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {
+    async fn delete(
+        &self,
+        request: Request<DeleteNamespaceRequest>,
+    ) -> Result<Response<()>, Status> {
         let store = self.store.clone();
         let name = request.into_inner().name;
         let deleted = name.clone();
         blocking(move || store.delete(&deleted)).await?;
         let event = NamespaceDelete { name: name.clone() };
-        self.publish(&name, "/namespaces/delete", pack_any("containerd.events.NamespaceDelete", &event));
+        self.publish(
+            &name,
+            "/namespaces/delete",
+            pack_any("containerd.events.NamespaceDelete", &event),
+        );
         Ok(Response::new(()))
     }
 }
@@ -115,13 +157,17 @@ struct NamespacesPlugin;
 impl Plugin for NamespacesPlugin {
     const TYPE: &'static str = corten_core::grpc::PLUGIN_TYPE;
     const ID: &'static str = "namespaces";
-    const REQUIRES: &'static [&'static str] = &["io.containerd.metadata.v1", "io.containerd.event.v1"];
+    const REQUIRES: &'static [&'static str] =
+        &["io.containerd.metadata.v1", "io.containerd.event.v1"];
     type Config = NoConfig;
 
     async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
         let store: Arc<dyn MetaStore> = ctx.get("io.containerd.metadata.v1")?;
         let events: Arc<dyn Exchange> = ctx.get("io.containerd.event.v1")?;
-        let service = NamespacesService { store: Namespaces::new(store), events };
+        let service = NamespacesService {
+            store: Namespaces::new(store),
+            events,
+        };
         Ok(Instance::new(GrpcService::new(move |routes| {
             routes.add_service(NamespacesServer::new(service.clone()));
         })))
