@@ -14,6 +14,7 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
+    warn_unsupported(&loaded.config);
     // Two workers: the daemon mostly waits on sockets and disks, and every
     // extra thread costs memory.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -74,5 +75,23 @@ fn set_oom_score(score: i64) {
     }
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", score.to_string()) {
         warn!("set oom_score_adj to {score}: {e}");
+    }
+}
+
+/// Settings a containerd config may carry that corten accepts but does not
+/// act on yet: said once at startup rather than silently ignored.
+fn warn_unsupported(config: &corten_config::Config) {
+    let unsupported = [
+        ("[grpc] tcp_address", !config.grpc.tcp_address.is_empty()),
+        ("[debug] address", !config.debug.address.is_empty()),
+        ("[cgroup] path", !config.cgroup.path.is_empty()),
+        ("[proxy_plugins]", !config.proxy_plugins.is_empty()),
+        ("[stream_processors]", !config.stream_processors.is_empty()),
+        ("plugin_dir", !config.plugin_dir.is_empty()),
+    ];
+    for (setting, set) in unsupported {
+        if set {
+            warn!("{setting} is not supported by corten yet; ignored");
+        }
     }
 }

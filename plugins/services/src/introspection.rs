@@ -139,8 +139,9 @@ impl Plugin for IntrospectionPlugin {
             plugins: ctx.plugins(),
             uuid,
         };
+        let server = with_limits!(IntrospectionServer::new(service), ctx);
         Ok(Instance::new(GrpcService::new(move |routes| {
-            routes.add_service(IntrospectionServer::new(service.clone()));
+            routes.add_service(server.clone());
         })))
     }
 }

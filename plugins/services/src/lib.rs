@@ -5,6 +5,20 @@
 //! One module per service, each with its own registration; `status` maps
 //! domain errors to gRPC codes, `request` reads containerd's request headers.
 
+/// Applies `[grpc] max_recv_message_size` and `max_send_message_size` to a
+/// generated server; tonic's own default (4 MiB) is below containerd's 16 MiB.
+macro_rules! with_limits {
+    ($server:expr, $ctx:expr) => {
+        $server
+            .max_decoding_message_size(
+                usize::try_from($ctx.config.grpc.max_recv_message_size).unwrap_or(usize::MAX),
+            )
+            .max_encoding_message_size(
+                usize::try_from($ctx.config.grpc.max_send_message_size).unwrap_or(usize::MAX),
+            )
+    };
+}
+
 mod health;
 mod introspection;
 mod namespaces;

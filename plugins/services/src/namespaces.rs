@@ -168,8 +168,9 @@ impl Plugin for NamespacesPlugin {
             store: Namespaces::new(store),
             events,
         };
+        let server = with_limits!(NamespacesServer::new(service), ctx);
         Ok(Instance::new(GrpcService::new(move |routes| {
-            routes.add_service(NamespacesServer::new(service.clone()));
+            routes.add_service(server.clone());
         })))
     }
 }

@@ -31,9 +31,10 @@ impl Plugin for VersionPlugin {
     const ID: &'static str = "version";
     type Config = NoConfig;
 
-    async fn init(_: InitContext, _: NoConfig) -> Result<Instance, InitError> {
-        Ok(Instance::new(GrpcService::new(|routes| {
-            routes.add_service(VersionServer::new(VersionService));
+    async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
+        let server = with_limits!(VersionServer::new(VersionService), ctx);
+        Ok(Instance::new(GrpcService::new(move |routes| {
+            routes.add_service(server.clone());
         })))
     }
 }
