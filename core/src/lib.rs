@@ -8,11 +8,15 @@
 //!
 //! The core names no plugin: plugins name the core.
 
+pub mod content;
+pub mod digest;
 pub mod error;
 pub mod events;
 pub mod filters;
+pub mod gc;
 pub mod grpc;
 pub mod identifiers;
+pub mod leases;
 pub mod metadata;
 pub mod namespaces;
 pub mod plugin;

@@ -1,0 +1,47 @@
+//! One module per command family; each exposes clap `Args` and `run`.
+//! Adding a family means a new file here, a variant in [`Command`] and an
+//! arm in [`run`].
+
+pub mod namespaces;
+pub mod plugins;
+pub mod version;
+
+use clap::Subcommand;
+
+use crate::{
+    client::{ConnectOptions, Connection},
+    output::Format,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the client and server versions
+    Version(version::Args),
+    /// Inspect the daemon's plugins
+    #[command(visible_alias = "plugin")]
+    Plugins(plugins::Args),
+    /// Manage namespaces
+    #[command(visible_aliases = ["namespace", "ns"])]
+    Namespaces(namespaces::Args),
+}
+
+/// What every command may need from the global flags.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub connect: ConnectOptions,
+    pub format: Format,
+}
+
+impl Context {
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        Connection::connect(&self.connect).await
+    }
+}
+
+pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
+    match command {
+        Command::Version(args) => version::run(args, ctx).await,
+        Command::Plugins(args) => plugins::run(args, ctx).await,
+        Command::Namespaces(args) => namespaces::run(args, ctx).await,
+    }
+}
