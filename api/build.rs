@@ -10,9 +10,12 @@ const PROTOS: &[&str] = &[
     "google/rpc/status.proto",
     "containerd/types/platform.proto",
     "containerd/events/namespace.proto",
+    "containerd/events/content.proto",
     "containerd/services/version/v1/version.proto",
     "containerd/services/introspection/v1/introspection.proto",
     "containerd/services/namespaces/v1/namespace.proto",
+    "containerd/services/content/v1/content.proto",
+    "containerd/services/leases/v1/leases.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(PROTOS, &["proto"])?;
 
     let set = prost_types::FileDescriptorSet::decode(fs::read(&descriptors)?.as_slice())?;
-    let mut table = String::from("/// Every RPC path in the API with its streaming kind.\npub static METHODS: &[(&str, MethodKind)] = &[\n");
+    let mut table = String::from(
+        "/// Every RPC path in the API with its streaming kind.\npub static METHODS: &[(&str, MethodKind)] = &[\n",
+    );
     for file in &set.file {
         for service in &file.service {
             for method in &service.method {

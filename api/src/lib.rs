@@ -30,6 +30,16 @@ pub mod containerd {
                 tonic::include_proto!("containerd.services.introspection.v1");
             }
         }
+        pub mod content {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+        pub mod leases {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.leases.v1");
+            }
+        }
         pub mod namespaces {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.namespaces.v1");

@@ -6,8 +6,7 @@ use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use corten_api::containerd::services::{
-    introspection::v1::introspection_client::IntrospectionClient,
-    namespaces::v1::namespaces_client::NamespacesClient,
+    introspection::v1::introspection_client::IntrospectionClient, namespaces::v1::namespaces_client::NamespacesClient,
     version::v1::version_client::VersionClient,
 };
 use hyper_util::rt::TokioIo;
@@ -46,18 +45,16 @@ impl NamespaceHeader {
         if namespace.is_empty() {
             bail!("the namespace must not be empty");
         }
-        let value = MetadataValue::try_from(namespace).ok().with_context(|| {
-            format!("invalid namespace {namespace:?}: not sendable as a gRPC header")
-        })?;
+        let value = MetadataValue::try_from(namespace)
+            .ok()
+            .with_context(|| format!("invalid namespace {namespace:?}: not sendable as a gRPC header"))?;
         Ok(NamespaceHeader(value))
     }
 }
 
 impl Interceptor for NamespaceHeader {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(NAMESPACE_HEADER, self.0.clone());
+        request.metadata_mut().insert(NAMESPACE_HEADER, self.0.clone());
         Ok(request)
     }
 }
@@ -140,10 +137,7 @@ fn describe_connect_failure(address: String, err: &tonic::transport::Error) -> C
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
-            let not_running = matches!(
-                io.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            );
+            let not_running = matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused);
             return ConnectError {
                 address,
                 reason: strip_os_error_suffix(&io.to_string()),
@@ -184,10 +178,7 @@ mod tests {
             socket_path("/run/corten/corten.sock").unwrap(),
             PathBuf::from("/run/corten/corten.sock")
         );
-        assert_eq!(
-            socket_path("unix:///run/x.sock").unwrap(),
-            PathBuf::from("/run/x.sock")
-        );
+        assert_eq!(socket_path("unix:///run/x.sock").unwrap(), PathBuf::from("/run/x.sock"));
         assert_eq!(socket_path("rel.sock").unwrap(), PathBuf::from("rel.sock"));
     }
 
@@ -247,10 +238,7 @@ mod tests {
         async fn version(
             &self,
             request: Request<()>,
-        ) -> Result<
-            tonic::Response<corten_api::containerd::services::version::v1::VersionResponse>,
-            Status,
-        > {
+        ) -> Result<tonic::Response<corten_api::containerd::services::version::v1::VersionResponse>, Status> {
             let seen = request
                 .metadata()
                 .get(NAMESPACE_HEADER)

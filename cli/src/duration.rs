@@ -25,8 +25,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("invalid duration {text:?}: out of range"))
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration {text:?}: out of range"))
 }
 
 #[cfg(test)]

@@ -104,10 +104,7 @@ mod tests {
     fn rpc_error_names_the_code() {
         let err = rpc(Status::not_found("namespace \"x\": not found"));
         assert_eq!(one_line(&err), "namespace \"x\": not found (NotFound)");
-        assert_eq!(
-            err.downcast_ref::<RpcError>().map(|e| e.code),
-            Some(Code::NotFound)
-        );
+        assert_eq!(err.downcast_ref::<RpcError>().map(|e| e.code), Some(Code::NotFound));
     }
 
     #[test]
@@ -136,10 +133,7 @@ mod tests {
         );
         err.not_running = false;
         err.reason = "Permission denied".into();
-        assert_eq!(
-            err.to_string(),
-            "cannot connect to /x.sock: Permission denied"
-        );
+        assert_eq!(err.to_string(), "cannot connect to /x.sock: Permission denied");
     }
 
     #[test]

@@ -9,9 +9,7 @@ mod output;
 
 use std::{process::ExitCode, time::Duration};
 
-use clap::{
-    error::ErrorKind, parser::ValueSource, ArgMatches, CommandFactory, FromArgMatches, Parser,
-};
+use clap::{error::ErrorKind, parser::ValueSource, ArgMatches, CommandFactory, FromArgMatches, Parser};
 
 use crate::{
     client::ConnectOptions,
@@ -64,10 +62,7 @@ fn main() -> ExitCode {
         format: cli.format,
     };
     // One request at a time: a single-threaded runtime is all a CLI needs.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             error::report(&anyhow::Error::from(err).context("starting runtime"));
@@ -107,9 +102,7 @@ fn set_but_empty_in_env(matches: &ArgMatches, id: &str, value: &str) -> bool {
 /// line, like every other failure.
 fn usage_error(err: clap::Error) -> ExitCode {
     match err.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = err.print();
             ExitCode::from(err.exit_code() as u8)
         }
@@ -157,10 +150,7 @@ mod tests {
     #[test]
     fn unknown_subcommand_is_one_line() {
         let line = usage_line(&["corten", "bogus"]);
-        assert!(
-            line.starts_with("unrecognized subcommand 'bogus'"),
-            "{line}"
-        );
+        assert!(line.starts_with("unrecognized subcommand 'bogus'"), "{line}");
         assert!(!line.contains('\n'));
     }
 

@@ -54,9 +54,7 @@ impl Table {
         let bytes = writer.into_inner().unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes);
         // An empty last cell would otherwise leave padding at line ends.
-        text.lines()
-            .map(|l| format!("{}\n", l.trim_end()))
-            .collect()
+        text.lines().map(|l| format!("{}\n", l.trim_end())).collect()
     }
 
     pub fn print(&self) -> io::Result<()> {

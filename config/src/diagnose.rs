@@ -9,9 +9,7 @@ use crate::locate;
 
 /// A syntax error reported by toml_edit.
 pub(crate) fn syntax(file: &Path, text: &str, err: &toml_edit::TomlError) -> ConfigError {
-    let (line, column) = err
-        .span()
-        .map_or((1, 1), |span| locate::line_col(text, span.start));
+    let (line, column) = err.span().map_or((1, 1), |span| locate::line_col(text, span.start));
     ConfigError::Syntax {
         file: file.to_owned(),
         line,
@@ -23,12 +21,7 @@ pub(crate) fn syntax(file: &Path, text: &str, err: &toml_edit::TomlError) -> Con
 /// A type or value error from deserialising `text` (or the part of it under
 /// `base`). toml does not expose the key an error belongs to, so it is
 /// recovered from the span: the innermost key whose value contains it.
-pub(crate) fn invalid(
-    file: &Path,
-    text: &str,
-    err: &toml::de::Error,
-    base: &[Segment],
-) -> ConfigError {
+pub(crate) fn invalid(file: &Path, text: &str, err: &toml::de::Error, base: &[Segment]) -> ConfigError {
     let (line, column, key) = match err.span() {
         Some(span) => {
             let (line, column) = locate::line_col(text, span.start);

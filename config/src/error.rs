@@ -89,15 +89,13 @@ fn version_message(file: &std::path::Path, line: Option<usize>, found: Option<i6
         None => file.display().to_string(),
     };
     match found {
-        None => format!(
-            "{at}: no `version` key: corten reads version 2 configs; add `version = 2` at the top of the file"
-        ),
+        None => {
+            format!("{at}: no `version` key: corten reads version 2 configs; add `version = 2` at the top of the file")
+        }
         Some(1) => format!(
             "{at}: version 1 configs are not supported: corten reads version 2 configs; set `version = 2` \
              and use full plugin URIs such as [plugins.\"io.containerd.grpc.v1.cri\"]"
         ),
-        Some(n) => format!(
-            "{at}: unsupported config version {n}: corten reads version 2 configs (set `version = 2`)"
-        ),
+        Some(n) => format!("{at}: unsupported config version {n}: corten reads version 2 configs (set `version = 2`)"),
     }
 }

@@ -20,11 +20,7 @@ pub(crate) struct Import {
 /// Patterns with glob metacharacters may match nothing (a drop-in directory
 /// that is still empty); a plain path must exist, as containerd requires.
 /// Matches of one pattern come sorted, so drop-ins apply in name order.
-pub(crate) fn resolve(
-    file: &Path,
-    text: &str,
-    table: &toml::Table,
-) -> Result<Vec<Import>, ConfigError> {
+pub(crate) fn resolve(file: &Path, text: &str, table: &toml::Table) -> Result<Vec<Import>, ConfigError> {
     let Some(toml::Value::Array(entries)) = table.get("imports") else {
         return Ok(Vec::new());
     };
@@ -68,11 +64,7 @@ pub(crate) fn resolve(
         // Unreadable directories along the way just contribute no matches,
         // and only files are configs: a `*` also matching a subdirectory is
         // not a mistake worth failing over.
-        let mut found: Vec<PathBuf> = matches
-            .flatten()
-            .filter(|p| p.is_file())
-            .map(|p| clean(&p))
-            .collect();
+        let mut found: Vec<PathBuf> = matches.flatten().filter(|p| p.is_file()).map(|p| clean(&p)).collect();
         found.sort();
         out.extend(found.into_iter().map(import));
     }
@@ -114,10 +106,7 @@ mod tests {
     #[test]
     fn clean_is_lexical() {
         for (input, want) in [
-            (
-                "/etc/corten/conf.d/../extra/x.toml",
-                "/etc/corten/extra/x.toml",
-            ),
+            ("/etc/corten/conf.d/../extra/x.toml", "/etc/corten/extra/x.toml"),
             ("./a/./b.toml", "a/b.toml"),
             ("../../a.toml", "../../a.toml"),
             ("a/../../b.toml", "../b.toml"),

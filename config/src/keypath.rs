@@ -68,10 +68,7 @@ pub(crate) fn display(path: &[Segment]) -> String {
 }
 
 fn is_bare(key: &str) -> bool {
-    !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -86,10 +83,7 @@ mod tests {
             Segment::Key("list".into()),
             Segment::Index(2),
         ];
-        assert_eq!(
-            display(&path),
-            "plugins.\"io.containerd.gc.v1.scheduler\".list[2]"
-        );
+        assert_eq!(display(&path), "plugins.\"io.containerd.gc.v1.scheduler\".list[2]");
         assert_eq!(display(&[]), "");
     }
 }

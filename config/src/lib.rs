@@ -19,8 +19,7 @@ pub use duration::parse_duration;
 pub use error::ConfigError;
 pub use load::{from_str, load, Loaded, Source};
 pub use model::{
-    default_toml, CgroupConfig, Config, DebugConfig, GrpcConfig, MetricsConfig, TtrpcConfig,
-    DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_METRICS_ADDRESS, DEFAULT_ROOT,
-    DEFAULT_STATE, DEFAULT_TIMEOUTS,
+    default_toml, CgroupConfig, Config, DebugConfig, GrpcConfig, MetricsConfig, TtrpcConfig, DEFAULT_ADDRESS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_METRICS_ADDRESS, DEFAULT_ROOT, DEFAULT_STATE, DEFAULT_TIMEOUTS,
 };
 pub use warning::Warning;

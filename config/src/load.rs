@@ -40,8 +40,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 /// Like [`load`], with the main file's text given. `path` names it in
 /// messages and anchors its relative imports.
 pub fn from_str(path: &Path, text: &str) -> Result<Loaded, ConfigError> {
-    let mut merged = toml::Table::try_from(Config::default())
-        .expect("the default Config serialises to a TOML table");
+    let mut merged = toml::Table::try_from(Config::default()).expect("the default Config serialises to a TOML table");
     let mut sources = Vec::new();
     let mut warnings = Vec::new();
     let mut seen = HashSet::new();

@@ -118,9 +118,7 @@ impl Finder {
         let len = span.len();
         let better = match &self.best {
             None => true,
-            Some((best_len, best_path)) => {
-                len < *best_len || (len == *best_len && self.path.len() > best_path.len())
-            }
+            Some((best_len, best_path)) => len < *best_len || (len == *best_len && self.path.len() > best_path.len()),
         };
         if better {
             self.best = Some((len, self.path.clone()));

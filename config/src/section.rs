@@ -94,10 +94,7 @@ impl Loaded {
 }
 
 /// Detaches the value at `path` from a parsed document, spans intact.
-fn take<'i>(
-    root: toml::Spanned<toml::de::DeTable<'i>>,
-    path: &[&str],
-) -> Option<toml::Spanned<toml::de::DeValue<'i>>> {
+fn take<'i>(root: toml::Spanned<toml::de::DeTable<'i>>, path: &[&str]) -> Option<toml::Spanned<toml::de::DeValue<'i>>> {
     let span = root.span();
     let mut value = toml::Spanned::new(span, toml::de::DeValue::Table(root.into_inner()));
     for key in path {

@@ -25,14 +25,12 @@ pub(crate) fn check_file(file: &Path, text: &str, is_main: bool) -> Result<Check
     if let Err(err) = toml_edit::Document::parse(text) {
         return Err(diagnose::syntax(file, text, &err));
     }
-    let table: toml::Table =
-        toml::from_str(text).map_err(|err| diagnose::invalid(file, text, &err, &[]))?;
+    let table: toml::Table = toml::from_str(text).map_err(|err| diagnose::invalid(file, text, &err, &[]))?;
 
     check_version(file, text, &table, is_main)?;
 
     let mut unknown = Vec::new();
-    let de =
-        toml::Deserializer::parse(text).map_err(|err| diagnose::invalid(file, text, &err, &[]))?;
+    let de = toml::Deserializer::parse(text).map_err(|err| diagnose::invalid(file, text, &err, &[]))?;
     let typed: Config = serde_ignored::deserialize(de, |path| {
         unknown.push(keypath::from_ignored(&path));
     })
@@ -48,12 +46,7 @@ pub(crate) fn check_file(file: &Path, text: &str, is_main: bool) -> Result<Check
     Ok(Checked { table, warnings })
 }
 
-fn check_version(
-    file: &Path,
-    text: &str,
-    table: &toml::Table,
-    is_main: bool,
-) -> Result<(), ConfigError> {
+fn check_version(file: &Path, text: &str, table: &toml::Table, is_main: bool) -> Result<(), ConfigError> {
     let line = || locate::find(text, &keypath::from_keys(&["version"])).map(|(l, _)| l);
     match table.get("version") {
         None if is_main => Err(ConfigError::Version {
@@ -76,12 +69,7 @@ fn check_version(
 
 /// Bad durations are rejected at load rather than when a timeout is first
 /// used, which may be long after start-up and far from the file.
-fn check_timeouts(
-    file: &Path,
-    text: &str,
-    table: &toml::Table,
-    typed: &Config,
-) -> Result<(), ConfigError> {
+fn check_timeouts(file: &Path, text: &str, table: &toml::Table, typed: &Config) -> Result<(), ConfigError> {
     if !table.contains_key("timeouts") {
         return Ok(());
     }

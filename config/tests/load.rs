@@ -82,10 +82,9 @@ fn ttrpc_address_derivation() {
 
 #[test]
 fn timeouts_overlay_defaults_key_by_key() {
-    let loaded = load_text(
-        "version = 2\n[timeouts]\n\"io.containerd.timeout.shim.load\" = \"1m30s\"\n\"x.y\" = \"100ms\"\n",
-    )
-    .unwrap();
+    let loaded =
+        load_text("version = 2\n[timeouts]\n\"io.containerd.timeout.shim.load\" = \"1m30s\"\n\"x.y\" = \"100ms\"\n")
+            .unwrap();
     let c = &loaded.config;
     assert_eq!(
         c.timeout("io.containerd.timeout.shim.load"),
@@ -100,9 +99,7 @@ fn timeouts_overlay_defaults_key_by_key() {
 
 #[test]
 fn bad_timeout_is_an_error_with_line() {
-    let err =
-        load_text("version = 2\n\n[timeouts]\n  \"io.containerd.timeout.shim.load\" = \"5 sec\"\n")
-            .unwrap_err();
+    let err = load_text("version = 2\n\n[timeouts]\n  \"io.containerd.timeout.shim.load\" = \"5 sec\"\n").unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.starts_with(
@@ -123,10 +120,7 @@ fn containerd_1_6_default_config_loads() {
     assert_eq!(c.grpc.address, "/run/containerd/containerd.sock");
     assert_eq!(c.metrics.address, "");
     assert_eq!(c.ttrpc_address(), "/run/containerd/containerd.sock.ttrpc");
-    assert_eq!(
-        c.timeout("io.containerd.timeout.bolt.open"),
-        Some(Duration::ZERO)
-    );
+    assert_eq!(c.timeout("io.containerd.timeout.bolt.open"), Some(Duration::ZERO));
     assert_eq!(
         c.timeout("io.containerd.timeout.shim.cleanup"),
         Some(Duration::from_secs(5))
@@ -160,8 +154,7 @@ fn dump_starts_with_version_and_round_trips() {
     };
     c.plugins.insert(
         "io.containerd.metadata.v1.sled".into(),
-        toml::from_str::<toml::Value>("path = \"/x\"\n[nested]\nlist = [1, 2]\n[[arr]]\na = 1\n")
-            .unwrap(),
+        toml::from_str::<toml::Value>("path = \"/x\"\n[nested]\nlist = [1, 2]\n[[arr]]\na = 1\n").unwrap(),
     );
     let text = c.to_toml_string();
     assert!(text.starts_with("version = 2\n"), "{text}");
@@ -183,10 +176,7 @@ fn default_toml_round_trips() {
     );
     let text = default_toml(&plugins);
     assert!(text.starts_with("version = 2\n"), "{text}");
-    assert!(
-        text.contains("[plugins.\"io.containerd.metadata.v1.sled\"]"),
-        "{text}"
-    );
+    assert!(text.contains("[plugins.\"io.containerd.metadata.v1.sled\"]"), "{text}");
     let loaded = load_text(&text).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let want = Config {
@@ -202,10 +192,7 @@ fn version_rules() {
     assert!(matches!(missing, ConfigError::Version { found: None, .. }));
     let msg = missing.to_string();
     assert!(msg.starts_with("/etc/corten/config.toml: "), "{msg}");
-    assert!(
-        msg.contains("version 2") && msg.contains("version = 2"),
-        "{msg}"
-    );
+    assert!(msg.contains("version 2") && msg.contains("version = 2"), "{msg}");
 
     let v1 = load_text("# old\nversion = 1\n").unwrap_err();
     assert!(matches!(
@@ -230,25 +217,17 @@ fn version_rules() {
 fn malformed_toml_names_file_line_and_column() {
     let err = load_text("version = 2\n[grpc]\naddress = \"/x\n").unwrap_err();
     match &err {
-        ConfigError::Syntax {
-            file, line, column, ..
-        } => {
+        ConfigError::Syntax { file, line, column, .. } => {
             assert_eq!(file, Path::new("/etc/corten/config.toml"));
             assert_eq!(*line, 3);
             assert!(*column >= 1);
         }
         other => panic!("{other:?}"),
     }
-    assert!(
-        err.to_string().starts_with("/etc/corten/config.toml:3:"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("/etc/corten/config.toml:3:"), "{err}");
 
     let dup = load_text("version = 2\n[grpc]\nuid = 1\nuid = 2\n").unwrap_err();
-    assert!(
-        matches!(dup, ConfigError::Syntax { line: 4, .. }),
-        "{dup:?}"
-    );
+    assert!(matches!(dup, ConfigError::Syntax { line: 4, .. }), "{dup:?}");
 }
 
 #[test]
@@ -260,9 +239,7 @@ fn wrong_type_names_file_line_and_key() {
         "/etc/corten/config.toml:5: key `grpc.max_recv_message_size`: invalid type: string \"big\", expected u64"
     );
     match err {
-        ConfigError::Invalid {
-            line, column, key, ..
-        } => {
+        ConfigError::Invalid { line, column, key, .. } => {
             assert_eq!(line, 5);
             assert_eq!(column, Some(27));
             assert_eq!(key, "grpc.max_recv_message_size");
@@ -272,9 +249,8 @@ fn wrong_type_names_file_line_and_key() {
 
     let err = load_text("version = 2\ndisabled_plugins = [\"a.b.c.d\", 7]\n").unwrap_err();
     assert!(
-        err.to_string().starts_with(
-            "/etc/corten/config.toml:2: key `disabled_plugins[1]`: invalid type: integer"
-        ),
+        err.to_string()
+            .starts_with("/etc/corten/config.toml:2: key `disabled_plugins[1]`: invalid type: integer"),
         "{err}"
     );
 
@@ -298,15 +274,8 @@ fn unknown_keys_are_warnings_with_lines() {
     let text = "version = 2\nsubreaper = true\n[grpc]\n  address = \"/x\"\n  foo = 1\n[nonsense.deep]\nx = 1\n";
     let loaded = load_text(text).unwrap();
     assert_eq!(loaded.config.grpc.address, "/x");
-    let got: Vec<(usize, &str)> = loaded
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![(5, "grpc.foo"), (6, "nonsense"), (2, "subreaper")]
-    );
+    let got: Vec<(usize, &str)> = loaded.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
+    assert_eq!(got, vec![(5, "grpc.foo"), (6, "nonsense"), (2, "subreaper")]);
     assert_eq!(
         loaded.warnings[0].to_string(),
         "/etc/corten/config.toml:5: grpc.foo: unknown key, ignored"
@@ -315,13 +284,8 @@ fn unknown_keys_are_warnings_with_lines() {
 
 #[test]
 fn short_plugin_names_warn() {
-    let loaded =
-        load_text("version = 2\ndisabled_plugins = [\"cri\"]\n[plugins.cri]\nx = 1\n").unwrap();
-    let got: Vec<(usize, &str)> = loaded
-        .warnings
-        .iter()
-        .map(|w| (w.line, w.key.as_str()))
-        .collect();
+    let loaded = load_text("version = 2\ndisabled_plugins = [\"cri\"]\n[plugins.cri]\nx = 1\n").unwrap();
+    let got: Vec<(usize, &str)> = loaded.warnings.iter().map(|w| (w.line, w.key.as_str())).collect();
     assert_eq!(got, vec![(2, "disabled_plugins[0]"), (3, "plugins.cri")]);
 }
 
@@ -435,9 +399,7 @@ fn imports_merge_in_order() {
         ]
     );
     // A plugin section from an import replaces the earlier one whole.
-    let gc = c.plugins["io.containerd.gc.v1.scheduler"]
-        .as_table()
-        .unwrap();
+    let gc = c.plugins["io.containerd.gc.v1.scheduler"].as_table().unwrap();
     assert_eq!(gc.len(), 1, "{gc:?}");
     assert_eq!(gc["schedule_delay"].as_str(), Some("1s"));
     // Sections no import touches survive.
@@ -457,16 +419,8 @@ fn imports_merge_in_order() {
 #[test]
 fn import_cycle_is_harmless() {
     let dir = tempfile::tempdir().unwrap();
-    let main = write(
-        dir.path(),
-        "main.toml",
-        "version = 2\nimports = [\"a.toml\"]\n",
-    );
-    write(
-        dir.path(),
-        "a.toml",
-        "oom_score = 1\nimports = [\"b.toml\"]\n",
-    );
+    let main = write(dir.path(), "main.toml", "version = 2\nimports = [\"a.toml\"]\n");
+    write(dir.path(), "a.toml", "oom_score = 1\nimports = [\"b.toml\"]\n");
     write(
         dir.path(),
         "b.toml",
@@ -517,24 +471,15 @@ fn missing_literal_import_is_an_error() {
         "version = 2\nimports = [\n  \"gone.toml\",\n]\n",
     );
     let err = load(&main).unwrap_err();
-    assert!(
-        matches!(err, ConfigError::Import { line: 3, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ConfigError::Import { line: 3, .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("config.toml:3") && msg.contains("gone.toml"),
-        "{msg}"
-    );
+    assert!(msg.contains("config.toml:3") && msg.contains("gone.toml"), "{msg}");
 }
 
 #[test]
 fn invalid_glob_is_an_error_naming_it() {
     let err = load_text("version = 2\nimports = [\"conf.d/[*.toml\"]\n").unwrap_err();
-    assert!(
-        matches!(err, ConfigError::ImportPattern { line: 2, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, ConfigError::ImportPattern { line: 2, .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
         msg.starts_with("/etc/corten/config.toml:2: invalid import pattern `conf.d/[*.toml`"),
@@ -545,21 +490,11 @@ fn invalid_glob_is_an_error_naming_it() {
 #[test]
 fn errors_in_imports_name_the_import() {
     let dir = tempfile::tempdir().unwrap();
-    let main = write(
-        dir.path(),
-        "config.toml",
-        "version = 2\nimports = [\"d/*.toml\"]\n",
-    );
-    let bad = write(
-        dir.path(),
-        "d/bad.toml",
-        "\n[metrics]\ngrpc_histogram = \"yes\"\n",
-    );
+    let main = write(dir.path(), "config.toml", "version = 2\nimports = [\"d/*.toml\"]\n");
+    let bad = write(dir.path(), "d/bad.toml", "\n[metrics]\ngrpc_histogram = \"yes\"\n");
     let err = load(&main).unwrap_err();
     match &err {
-        ConfigError::Invalid {
-            file, line, key, ..
-        } => {
+        ConfigError::Invalid { file, line, key, .. } => {
             assert_eq!(file, &bad);
             assert_eq!(*line, 3);
             assert_eq!(key, "metrics.grpc_histogram");
@@ -592,7 +527,5 @@ fn errors_in_imports_name_the_import() {
 fn unreadable_main_file_names_it() {
     let err = load(Path::new("/nonexistent/corten/config.toml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }));
-    assert!(err
-        .to_string()
-        .starts_with("/nonexistent/corten/config.toml: "));
+    assert!(err.to_string().starts_with("/nonexistent/corten/config.toml: "));
 }

@@ -74,14 +74,8 @@ fn wrong_type_in_import_names_import_and_line() {
         } => {
             assert_eq!(file, &import);
             assert_eq!(*line, 4);
-            assert_eq!(
-                key,
-                "plugins.\"io.containerd.metadata.v1.sled\".cache_capacity"
-            );
-            assert!(
-                message.contains("invalid type: string \"lots\""),
-                "{message}"
-            );
+            assert_eq!(key, "plugins.\"io.containerd.metadata.v1.sled\".cache_capacity");
+            assert!(message.contains("invalid type: string \"lots\""), "{message}");
         }
         other => panic!("{other:?}"),
     }
@@ -167,10 +161,7 @@ fn absent_section_gives_default() {
         .unwrap();
     assert_eq!(other, Sled::default());
     assert!(warnings.is_empty());
-    assert_eq!(
-        loaded.locate(&["plugins", "io.containerd.metadata.v1.other"]),
-        None
-    );
+    assert_eq!(loaded.locate(&["plugins", "io.containerd.metadata.v1.other"]), None);
     // The main file's section stands when no import replaces it.
     let (sled, _) = loaded.section::<Sled>(&["plugins", SLED]).unwrap();
     assert_eq!(sled.path, "/main");

@@ -116,3 +116,22 @@ pub fn validate_ref(reference: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Blob records per namespace: `<ns>/<digest>` -> [`Record`].
+pub const TREE: &str = "content";
+/// Ingests per namespace: `<ns>/<ref>` -> [`IngestRecord`].
+pub const INGESTS_TREE: &str = "ingests";
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub size: u64,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct IngestRecord {
+    /// An ingest is a GC root until then; without it, only a lease keeps it.
+    pub expires: Option<SystemTime>,
+}

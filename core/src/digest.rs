@@ -107,7 +107,10 @@ mod tests {
             "a".repeat(64),
             format!("sha256:{}\0", "a".repeat(63)),
         ] {
-            assert!(matches!(bad.parse::<Digest>(), Err(Error::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(bad.parse::<Digest>(), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
     }
 }

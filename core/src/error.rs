@@ -15,6 +15,8 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
     Internal(String),

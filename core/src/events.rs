@@ -31,9 +31,8 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
         .strip_prefix('/')
         .ok_or_else(|| Error::InvalidArgument(format!("topic {topic:?} must start with '/'")))?;
     for part in rest.split('/') {
-        identifiers::validate(part).map_err(|_| {
-            Error::InvalidArgument(format!("topic {topic:?} has an invalid component {part:?}"))
-        })?;
+        identifiers::validate(part)
+            .map_err(|_| Error::InvalidArgument(format!("topic {topic:?} has an invalid component {part:?}")))?;
     }
     Ok(())
 }

@@ -63,11 +63,7 @@ impl Filter {
     }
 
     pub fn matches(&self, obj: &dyn Adaptor) -> bool {
-        self.any.is_empty()
-            || self
-                .any
-                .iter()
-                .any(|all| all.iter().all(|s| s.matches(obj)))
+        self.any.is_empty() || self.any.iter().any(|all| all.iter().all(|s| s.matches(obj)))
     }
 }
 
@@ -130,10 +126,7 @@ impl<'a> Parser<'a> {
             Op::NotEqual(self.value()?)
         } else if self.eat("~=") {
             let pattern = self.value()?;
-            Op::Matches(
-                Regex::new(&pattern)
-                    .map_err(|e| self.error(&format!("bad regular expression: {e}")))?,
-            )
+            Op::Matches(Regex::new(&pattern).map_err(|e| self.error(&format!("bad regular expression: {e}")))?)
         } else {
             Op::Present
         };
@@ -226,11 +219,7 @@ mod tests {
     fn obj() -> Obj {
         Obj {
             id: "sha256:abc",
-            labels: BTreeMap::from([
-                ("containerd.io/gc.root", "x"),
-                ("foo", "bar"),
-                ("empty", ""),
-            ]),
+            labels: BTreeMap::from([("containerd.io/gc.root", "x"), ("foo", "bar"), ("empty", "")]),
         }
     }
 

@@ -11,9 +11,7 @@ pub const MAX_LENGTH: usize = 76;
 /// at most [`MAX_LENGTH`] bytes.
 pub fn validate(s: &str) -> Result<(), Error> {
     if s.is_empty() {
-        return Err(Error::InvalidArgument(
-            "identifier must not be empty".into(),
-        ));
+        return Err(Error::InvalidArgument("identifier must not be empty".into()));
     }
     if s.len() > MAX_LENGTH {
         return Err(Error::InvalidArgument(format!(
@@ -68,22 +66,8 @@ mod tests {
 
     #[test]
     fn refuses_the_rest() {
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a..b",
-            "a/b",
-            "..",
-            "a b",
-            "é",
-            &"x".repeat(77),
-            "a\0b",
-        ] {
-            assert!(
-                matches!(validate(bad), Err(Error::InvalidArgument(_))),
-                "{bad:?}"
-            );
+        for bad in ["", "-a", "a-", "a..b", "a/b", "..", "a b", "é", &"x".repeat(77), "a\0b"] {
+            assert!(matches!(validate(bad), Err(Error::InvalidArgument(_))), "{bad:?}");
         }
     }
 

@@ -77,7 +77,14 @@ pub fn parse_resource_key(key: &[u8]) -> Option<(String, String, Resource)> {
     let lease = parts.next()?;
     let kind = parts.next()?;
     let id = parts.next()?;
-    Some((ns.into(), lease.into(), Resource { id: id.into(), kind: kind.into() }))
+    Some((
+        ns.into(),
+        lease.into(),
+        Resource {
+            id: id.into(),
+            kind: kind.into(),
+        },
+    ))
 }
 
 /// Adds `resource` to `lease` inside `txn` (which must include both lease
@@ -119,7 +126,10 @@ mod tests {
 
     #[test]
     fn resource_keys_round_trip() {
-        let r = Resource { id: "a/b/c".into(), kind: "snapshots/overlayfs".into() };
+        let r = Resource {
+            id: "a/b/c".into(),
+            kind: "snapshots/overlayfs".into(),
+        };
         let key = resource_key("ns", "l1", &r);
         assert_eq!(parse_resource_key(&key), Some(("ns".into(), "l1".into(), r)));
         assert!(key.starts_with(&resource_prefix("ns", "l1")));

@@ -16,6 +16,7 @@ pub mod filters;
 pub mod gc;
 pub mod grpc;
 pub mod identifiers;
+pub mod labels;
 pub mod leases;
 pub mod metadata;
 pub mod namespaces;

@@ -35,11 +35,7 @@ pub trait Reader {
 /// Under the exclusive lock: reads that may scan, and transactions, with no
 /// writer running at the same time.
 pub trait Exclusive: Reader {
-    fn transact(
-        &self,
-        trees: &[&str],
-        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
-    ) -> Result<(), Error>;
+    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error>;
 }
 
 pub trait MetaStore: Reader + Send + Sync + 'static {
@@ -47,19 +43,19 @@ pub trait MetaStore: Reader + Send + Sync + 'static {
     /// run more than once when transactions conflict, so it must only compute.
     /// Returns after the writes are durable. Many transactions run at once; they
     /// all wait while an [`exclusive`](MetaStore::exclusive) section runs.
-    fn transact(
-        &self,
-        trees: &[&str],
-        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
-    ) -> Result<(), Error>;
+    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error>;
 
     /// Runs `f` with every other writer held off: for work that must scan and
     /// then write consistently (namespace deletion, garbage collection).
-    fn exclusive(
-        &self,
-        f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>,
-    ) -> Result<(), Error>;
+    fn exclusive(&self, f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>) -> Result<(), Error>;
+
+    /// Calls `callback` after every committed transaction that wrote
+    /// anything, with `true` when it removed a key: how the garbage collector
+    /// learns there may be garbage without every store calling it.
+    fn on_mutation(&self, callback: MutationCallback);
 }
+
+pub type MutationCallback = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
 
 /// The format version stamped on every record, so a later corten can read
 /// what an earlier one wrote.
@@ -74,9 +70,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 /// Reads a record written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|e| Error::internal("decode record", e))
-        }
+        Some((&RECORD_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| Error::internal("decode record", e)),
         Some((v, _)) => Err(Error::Internal(format!(
             "record version {v} is not one this corten reads"
         ))),
@@ -102,10 +96,7 @@ mod tests {
         let v = std::collections::BTreeMap::from([("a".to_string(), "b".to_string())]);
         let bytes = encode(&v).unwrap();
         assert_eq!(bytes[0], RECORD_VERSION);
-        assert_eq!(
-            decode::<std::collections::BTreeMap<String, String>>(&bytes).unwrap(),
-            v
-        );
+        assert_eq!(decode::<std::collections::BTreeMap<String, String>>(&bytes).unwrap(), v);
         assert!(decode::<u8>(&[9, 1]).is_err());
     }
 }

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    identifiers,
+    identifiers, labels,
     metadata::{self, MetaStore, Txn},
     Error,
 };
@@ -35,12 +35,6 @@ fn not_found(name: &str) -> Error {
     Error::NotFound(format!("namespace {name:?}"))
 }
 
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Error> {
-    labels
-        .iter()
-        .try_for_each(|(k, v)| identifiers::validate_label(k, v))
-}
-
 impl Namespaces {
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
         Namespaces { store }
@@ -48,7 +42,7 @@ impl Namespaces {
 
     pub fn create(&self, ns: &Namespace) -> Result<Namespace, Error> {
         identifiers::validate(&ns.name)?;
-        validate_labels(&ns.labels)?;
+        labels::validate(&ns.labels)?;
         let record = metadata::encode(&Record {
             labels: ns.labels.clone(),
         })?;
@@ -63,10 +57,7 @@ impl Namespaces {
 
     pub fn get(&self, name: &str) -> Result<Namespace, Error> {
         identifiers::validate(name)?;
-        let bytes = self
-            .store
-            .get(TREE, name.as_bytes())?
-            .ok_or_else(|| not_found(name))?;
+        let bytes = self.store.get(TREE, name.as_bytes())?.ok_or_else(|| not_found(name))?;
         let record: Record = metadata::decode(&bytes)?;
         Ok(Namespace {
             name: name.to_string(),
@@ -88,9 +79,8 @@ impl Namespaces {
             .collect()
     }
 
-    /// Applies the field mask: `labels` replaces every label, `labels.<key>`
-    /// sets that one label or, when the request has no value for it, removes
-    /// it. An empty mask replaces the labels, as containerd does.
+    /// Applies the field mask as [`labels::apply_update`] does; only labels
+    /// of a namespace can change.
     pub fn update(&self, ns: &Namespace, paths: &[String]) -> Result<Namespace, Error> {
         identifiers::validate(&ns.name)?;
         for path in paths {
@@ -103,27 +93,9 @@ impl Namespaces {
         }
         let updated = std::cell::RefCell::new(None);
         self.store.transact(&[TREE], &|txn| {
-            let bytes = txn
-                .get(TREE, ns.name.as_bytes())?
-                .ok_or_else(|| not_found(&ns.name))?;
+            let bytes = txn.get(TREE, ns.name.as_bytes())?.ok_or_else(|| not_found(&ns.name))?;
             let mut record: Record = metadata::decode(&bytes)?;
-            if paths.is_empty() {
-                record.labels = ns.labels.clone();
-            }
-            for path in paths {
-                match path.strip_prefix("labels.") {
-                    None => record.labels = ns.labels.clone(),
-                    Some(key) => match ns.labels.get(key).filter(|v| !v.is_empty()) {
-                        Some(value) => {
-                            record.labels.insert(key.to_string(), value.clone());
-                        }
-                        None => {
-                            record.labels.remove(key);
-                        }
-                    },
-                }
-            }
-            validate_labels(&record.labels)?;
+            labels::apply_update(&mut record.labels, &ns.labels, paths)?;
             txn.insert(TREE, ns.name.as_bytes(), metadata::encode(&record)?)?;
             *updated.borrow_mut() = Some(record.labels);
             Ok(())

@@ -52,8 +52,7 @@ impl InitError {
 
 type DecodedConfig = Box<dyn Any + Send>;
 type Decoder = fn(&Loaded, &str) -> Result<(DecodedConfig, Vec<Warning>), ConfigError>;
-type Initialiser =
-    fn(InitContext, DecodedConfig) -> BoxFuture<'static, Result<Instance, InitError>>;
+type Initialiser = fn(InitContext, DecodedConfig) -> BoxFuture<'static, Result<Instance, InitError>>;
 
 /// The type-erased form of a [`Plugin`] that `inventory` collects.
 pub struct Registration {
@@ -97,8 +96,7 @@ impl Registration {
 }
 
 fn default_config<P: Plugin>() -> toml::Value {
-    toml::Value::try_from(P::Config::default())
-        .unwrap_or_else(|_| toml::Value::Table(Default::default()))
+    toml::Value::try_from(P::Config::default()).unwrap_or_else(|_| toml::Value::Table(Default::default()))
 }
 
 fn effective_config<P: Plugin>(loaded: &Loaded, uri: &str) -> Result<toml::Value, ConfigError> {
@@ -106,18 +104,12 @@ fn effective_config<P: Plugin>(loaded: &Loaded, uri: &str) -> Result<toml::Value
     Ok(toml::Value::try_from(config).unwrap_or_else(|_| toml::Value::Table(Default::default())))
 }
 
-fn decode<P: Plugin>(
-    loaded: &Loaded,
-    uri: &str,
-) -> Result<(DecodedConfig, Vec<Warning>), ConfigError> {
+fn decode<P: Plugin>(loaded: &Loaded, uri: &str) -> Result<(DecodedConfig, Vec<Warning>), ConfigError> {
     let (config, warnings) = loaded.section::<P::Config>(&["plugins", uri])?;
     Ok((Box::new(config), warnings))
 }
 
-fn init<P: Plugin>(
-    ctx: InitContext,
-    config: DecodedConfig,
-) -> BoxFuture<'static, Result<Instance, InitError>> {
+fn init<P: Plugin>(ctx: InitContext, config: DecodedConfig) -> BoxFuture<'static, Result<Instance, InitError>> {
     match config.downcast::<P::Config>() {
         Ok(config) => Box::pin(P::init(ctx, *config)),
         // `decode` and `init` come from the same `P`, so the types always agree.
@@ -212,17 +204,11 @@ pub struct PluginSet {
 
 impl PluginSet {
     pub fn records(&self) -> Vec<PluginRecord> {
-        self.records
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.records.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn push(&self, record: PluginRecord) {
-        self.records
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(record);
+        self.records.write().unwrap_or_else(|e| e.into_inner()).push(record);
     }
 
     /// Values of every initialised instance of `plugin_type`, as `(id, value)`.
@@ -249,6 +235,8 @@ pub struct InitContext {
     pub grpc_address: String,
     /// The ttrpc address shims publish events to.
     pub ttrpc_address: String,
+    /// Where a plugin registers its own Prometheus metrics.
+    pub metrics: prometheus::Registry,
     pub(crate) plugins: Arc<PluginSet>,
 }
 

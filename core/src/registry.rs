@@ -31,6 +31,7 @@ impl Registry {
     pub async fn start(
         loaded: &Loaded,
         registrations: &[&'static Registration],
+        metrics: &prometheus::Registry,
     ) -> Result<Registry, StartError> {
         let config = Arc::new(loaded.config.clone());
         let disabled: BTreeSet<&str> = config.disabled_plugins.iter().map(String::as_str).collect();
@@ -84,6 +85,7 @@ impl Registry {
                 config: config.clone(),
                 grpc_address: config.grpc.address.clone(),
                 ttrpc_address: config.ttrpc_address(),
+                metrics: metrics.clone(),
                 plugins: plugins.clone(),
             };
             let plugin_config = decoded[index].take().expect("each plugin initialises once");
@@ -171,9 +173,10 @@ fn init_order(regs: &[&'static Registration]) -> Result<Vec<usize>, StartError> 
     let mut placed = vec![false; regs.len()];
     let mut order = Vec::with_capacity(regs.len());
     while order.len() < regs.len() {
-        let next = by_name.iter().copied().find(|&i| {
-            !placed[i] && (0..regs.len()).all(|j| placed[j] || !needs(regs[i], regs[j]))
-        });
+        let next = by_name
+            .iter()
+            .copied()
+            .find(|&i| !placed[i] && (0..regs.len()).all(|j| placed[j] || !needs(regs[i], regs[j])));
         match next {
             Some(i) => {
                 placed[i] = true;
@@ -208,10 +211,7 @@ fn describe_cycle(
         }
         path.push(next);
     }
-    left.iter()
-        .map(|&i| regs[i].uri())
-        .collect::<Vec<_>>()
-        .join(", ")
+    left.iter().map(|&i| regs[i].uri()).collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]
@@ -249,13 +249,7 @@ mod tests {
 
     test_plugin!(Meta, "t.metadata.v1", "db", ["t.content.v1"], Ok(()));
     test_plugin!(Content, "t.content.v1", "store", [], Ok(()));
-    test_plugin!(
-        Service,
-        "t.grpc.v1",
-        "api",
-        ["t.metadata.v1", "t.event.v1"],
-        Ok(())
-    );
+    test_plugin!(Service, "t.grpc.v1", "api", ["t.metadata.v1", "t.event.v1"], Ok(()));
     test_plugin!(Events, "t.event.v1", "x", [], Ok(()));
     test_plugin!(
         Skipper,
@@ -295,6 +289,10 @@ mod tests {
         corten_config::from_str("test.toml".as_ref(), &text).unwrap()
     }
 
+    async fn start(loaded: &Loaded, regs: &[&'static Registration]) -> Result<Registry, StartError> {
+        Registry::start(loaded, regs, &prometheus::Registry::new()).await
+    }
+
     fn uris(set: &PluginSet) -> Vec<String> {
         set.records()
             .iter()
@@ -328,9 +326,7 @@ mod tests {
 
         // Skips and failures are recorded and startup goes on; close runs in reverse.
         LOG.lock().unwrap().clear();
-        let mut registry = Registry::start(&loaded(""), &[&META, &CONTENT, &SKIPPER, &BROKEN])
-            .await
-            .unwrap();
+        let mut registry = start(&loaded(""), &[&META, &CONTENT, &SKIPPER, &BROKEN]).await.unwrap();
         let records = registry.plugins().records();
         let status = |id: &str| records.iter().find(|r| r.id == id).unwrap().status.clone();
         assert!(matches!(status("skippy"), Status::Skipped(r) if r == "no kernel support"));
@@ -358,43 +354,28 @@ mod tests {
 
         // Disabled plugins never init and are absent.
         LOG.lock().unwrap().clear();
-        let registry = Registry::start(
-            &loaded(r#"disabled_plugins = ["t.event.v1.x"]"#),
-            &[&CONTENT, &EVENTS],
-        )
-        .await
-        .unwrap();
+        let registry = start(&loaded(r#"disabled_plugins = ["t.event.v1.x"]"#), &[&CONTENT, &EVENTS])
+            .await
+            .unwrap();
         assert_eq!(uris(&registry.plugins()), ["t.content.v1.store"]);
         assert_eq!(*LOG.lock().unwrap(), ["init t.content.v1.store"]);
 
         // A required plugin that fails stops startup, after closing what started.
         LOG.lock().unwrap().clear();
-        let err = Registry::start(
+        let err = start(
             &loaded(r#"required_plugins = ["t.snapshotter.v1.broken"]"#),
             &[&CONTENT, &BROKEN],
         )
         .await
         .err()
         .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "required plugin t.snapshotter.v1.broken failed: boom"
-        );
-        assert!(LOG
-            .lock()
-            .unwrap()
-            .contains(&"close t.content.v1.store".to_string()));
+        assert_eq!(err.to_string(), "required plugin t.snapshotter.v1.broken failed: boom");
+        assert!(LOG.lock().unwrap().contains(&"close t.content.v1.store".to_string()));
 
-        let err = Registry::start(
-            &loaded(r#"required_plugins = ["t.nope.v1.x"]"#),
-            &[&CONTENT],
-        )
-        .await
-        .err()
-        .unwrap();
-        assert!(
-            err.to_string().contains("t.nope.v1.x does not exist"),
-            "{err}"
-        );
+        let err = start(&loaded(r#"required_plugins = ["t.nope.v1.x"]"#), &[&CONTENT])
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("t.nope.v1.x does not exist"), "{err}");
     }
 }

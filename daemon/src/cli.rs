@@ -96,11 +96,8 @@ fn load_config(args: &Args) -> anyhow::Result<Loaded> {
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
             corten_config::load(DEFAULT_CONFIG_PATH.as_ref())?
         }
-        None => corten_config::from_str(
-            "<default>".as_ref(),
-            &corten_config::default_toml(&BTreeMap::new()),
-        )
-        .context("embedded default config")?,
+        None => corten_config::from_str("<default>".as_ref(), &corten_config::default_toml(&BTreeMap::new()))
+            .context("embedded default config")?,
     };
     let config = &mut loaded.config;
     if let Some(a) = &args.address {

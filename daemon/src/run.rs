@@ -39,7 +39,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         address => Some(metrics::bind_http(address).await?),
     };
 
-    let mut plugins = Registry::start(&loaded, &Registration::all()).await?;
+    let mut plugins = Registry::start(&loaded, &Registration::all(), &metrics_registry).await?;
     let routes = server::routes(&plugins.plugins());
     let listener = socket::bind(&socket_path, config.grpc.uid, config.grpc.gid)?;
     info!(address = %socket_path.display(), "serving gRPC");

@@ -26,10 +26,7 @@ pub fn claim(path: &Path) -> anyhow::Result<()> {
         Err(e) => return Err(e).with_context(|| format!("inspect {}", path.display())),
     };
     if !meta.file_type().is_socket() {
-        bail!(
-            "{} exists and is not a socket; refusing to replace it",
-            path.display()
-        );
+        bail!("{} exists and is not a socket; refusing to replace it", path.display());
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => bail!(
@@ -38,8 +35,7 @@ pub fn claim(path: &Path) -> anyhow::Result<()> {
         ),
         Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
             tracing::info!("removing stale socket {}", path.display());
-            std::fs::remove_file(path)
-                .with_context(|| format!("remove stale socket {}", path.display()))
+            std::fs::remove_file(path).with_context(|| format!("remove stale socket {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("probe {}", path.display())),
     }
@@ -50,8 +46,7 @@ pub fn bind(path: &Path, uid: u32, gid: u32) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    let listener = UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
     if uid != 0 || gid != 0 {
@@ -70,14 +65,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("corten-sock-{}", std::process::id()));
         let path = dir.join("s.sock");
         let live = bind(&path, 0, 0).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o660
-        );
-        assert!(claim(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("another daemon"));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        assert!(claim(&path).unwrap_err().to_string().contains("another daemon"));
         drop(live); // the file stays behind, as after a crash
         claim(&path).unwrap();
         assert!(!path.exists());

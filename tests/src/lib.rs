@@ -24,10 +24,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -83,28 +80,20 @@ impl Daemon {
     /// first, then tables). Panics if the daemon does not come up.
     pub fn start_with(extra: &str) -> Daemon {
         let mut d = Daemon::configure(extra);
-        d.spawn()
-            .unwrap_or_else(|log| panic!("cortend did not start:\n{log}"));
+        d.spawn().unwrap_or_else(|log| panic!("cortend did not start:\n{log}"));
         d
     }
 
     /// Writes the config without starting the daemon.
     pub fn configure(extra: &str) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("corten-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("corten-").tempdir().expect("temp dir");
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = dir.path().join("c.sock");
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.path().join("config.toml");
         // Top-level keys must come before the first table header.
-        let (top, tables) = match extra
-            .find("\n[")
-            .map(|i| i + 1)
-            .or(extra.starts_with('[').then_some(0))
-        {
+        let (top, tables) = match extra.find("\n[").map(|i| i + 1).or(extra.starts_with('[').then_some(0)) {
             Some(i) => extra.split_at(i),
             None => (extra, ""),
         };
@@ -150,11 +139,7 @@ impl Daemon {
         self.child = Some(child);
         let start = Instant::now();
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("poll cortend"))
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("poll cortend")) {
                 self.child = None;
                 return Err(format!("exited with {status}\n{}", self.log()));
             }
@@ -191,10 +176,7 @@ impl Daemon {
             if let Some(status) = child.try_wait().expect("wait for cortend") {
                 return status;
             }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "cortend did not exit after {sig}"
-            );
+            assert!(start.elapsed() < DEADLINE, "cortend did not exit after {sig}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -236,10 +218,7 @@ impl Daemon {
         let mut response = String::new();
         stream.read_to_string(&mut response).expect("read response");
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        (
-            head.lines().next().unwrap_or_default().to_string(),
-            body.to_string(),
-        )
+        (head.lines().next().unwrap_or_default().to_string(), body.to_string())
     }
 }
 

@@ -12,8 +12,7 @@ fn version_and_plugins() {
 
     let table = ok(d.corten(&["plugins", "ls"]));
     assert!(table.starts_with("TYPE"), "{table}");
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(d.corten(&["plugins", "ls", "--format", "json"]))).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&ok(d.corten(&["plugins", "ls", "--format", "json"]))).unwrap();
     let sled = json
         .as_array()
         .unwrap()
@@ -31,19 +30,13 @@ fn namespaces_lifecycle_and_errors() {
     ok(d.corten(&["namespaces", "label", "alpha", "b=2", "a="]));
     let json: serde_json::Value =
         serde_json::from_str(&ok(d.corten(&["namespaces", "ls", "--format", "json"]))).unwrap();
-    assert_eq!(
-        json,
-        serde_json::json!([{"name": "alpha", "labels": {"b": "2"}}])
-    );
+    assert_eq!(json, serde_json::json!([{"name": "alpha", "labels": {"b": "2"}}]));
     // What corten writes, ctr reads.
     assert!(ok(d.ctr(&["namespaces", "ls"])).contains("b=2"));
 
     let err = fails(d.corten(&["namespaces", "create", "alpha"]));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("already exists") && err.contains("AlreadyExists"),
-        "{err}"
-    );
+    assert!(err.contains("already exists") && err.contains("AlreadyExists"), "{err}");
     let err = fails(d.corten(&["namespaces", "rm", "nope"]));
     assert!(err.contains("NotFound"), "{err}");
     ok(d.corten(&["namespaces", "rm", "alpha"]));

@@ -49,11 +49,7 @@ fn plugins_ls_lists_ours_with_status() {
         assert_eq!(line.split_whitespace().last(), Some("ok"), "{line}");
     }
     let filtered = ok(d.ctr(&["plugins", "ls", "id==sled"]));
-    assert_eq!(
-        filtered.lines().count(),
-        2,
-        "header and one plugin:\n{filtered}"
-    );
+    assert_eq!(filtered.lines().count(), 2, "header and one plugin:\n{filtered}");
 }
 
 #[test]
@@ -88,10 +84,7 @@ fn namespace_errors_carry_containerd_codes() {
     assert!(err.contains("identifier"), "{err}");
     // ctr treats NotFound on rm as already gone, so this only works if the
     // code is NotFound (the metrics test checks the code itself).
-    assert_eq!(
-        ok(d.ctr(&["namespaces", "rm", "missing"])).trim(),
-        "missing"
-    );
+    assert_eq!(ok(d.ctr(&["namespaces", "rm", "missing"])).trim(), "missing");
 }
 
 #[test]

@@ -14,8 +14,7 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
     assert!(status.success(), "exit status {status}");
     assert!(!d.socket.exists());
     assert!(
-        d.log()
-            .contains("closed plugin=io.containerd.metadata.v1.sled"),
+        d.log().contains("closed plugin=io.containerd.metadata.v1.sled"),
         "{}",
         d.log()
     );
@@ -33,16 +32,13 @@ fn stale_socket_is_replaced_live_one_refused() {
             .replace(&format!("{:?}", second.socket), &format!("{:?}", d.socket)),
     )
     .unwrap();
-    let err = second
-        .spawn()
-        .expect_err("second daemon must refuse a live socket");
+    let err = second.spawn().expect_err("second daemon must refuse a live socket");
     assert!(err.contains("another daemon is serving"), "{err}");
 
     // After a crash the socket file stays; the next start replaces it.
     d.kill();
     assert!(d.socket.exists());
-    d.spawn()
-        .unwrap_or_else(|log| panic!("restart after crash:\n{log}"));
+    d.spawn().unwrap_or_else(|log| panic!("restart after crash:\n{log}"));
     ok(d.ctr(&["version"]));
 }
 
@@ -60,11 +56,7 @@ required_plugins = ["io.containerd.grpc.v1.namespaces"]"#,
 /// A file where the metadata plugin wants its directory makes it fail.
 fn break_metadata(d: &Daemon) {
     std::fs::create_dir_all(&d.root).unwrap();
-    std::fs::write(
-        d.root.join("io.containerd.metadata.v1.sled"),
-        b"not a directory",
-    )
-    .unwrap();
+    std::fs::write(d.root.join("io.containerd.metadata.v1.sled"), b"not a directory").unwrap();
 }
 
 #[test]
@@ -116,9 +108,7 @@ fn wrong_type_names_file_line_and_key() {
         "{log}"
     );
 
-    let mut d = Daemon::configure(
-        "[plugins.\"io.containerd.metadata.v1.sled\"]\ncache_capacity = \"lots\"",
-    );
+    let mut d = Daemon::configure("[plugins.\"io.containerd.metadata.v1.sled\"]\ncache_capacity = \"lots\"");
     let log = d.spawn().expect_err("startup must fail");
     assert!(log.contains("cache_capacity"), "{log}");
     assert!(log.contains(&format!("{}:", d.config.display())), "{log}");
@@ -129,12 +119,10 @@ fn containerd_default_config_loads_with_warnings() {
     let mut d = Daemon::configure("");
     // `containerd config default` from Debian's containerd 1.6, with our own
     // root, state and addresses put in, as a user would adapt it.
-    let out = ok(
-        Command::new(corten_tests::system_tool("containerd", "containerd"))
-            .args(["config", "default"])
-            .output()
-            .unwrap(),
-    );
+    let out = ok(Command::new(corten_tests::system_tool("containerd", "containerd"))
+        .args(["config", "default"])
+        .output()
+        .unwrap());
     let mut text = String::new();
     let mut section = String::new();
     for line in out.lines() {

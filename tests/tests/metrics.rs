@@ -20,16 +20,9 @@ fn scrape_counts_rpcs_by_code_and_passes_promtool() {
     let (status, body) = d.http_get("/v1/metrics");
     assert!(status.contains("200"), "{status}");
     let version = r#"grpc_method="Version""#;
+    assert!(counter(&body, "grpc_server_started_total", &[version]) >= 1.0, "{body}");
     assert!(
-        counter(&body, "grpc_server_started_total", &[version]) >= 1.0,
-        "{body}"
-    );
-    assert!(
-        counter(
-            &body,
-            "grpc_server_handled_total",
-            &[version, r#"grpc_code="OK""#]
-        ) >= 1.0,
+        counter(&body, "grpc_server_handled_total", &[version, r#"grpc_code="OK""#]) >= 1.0,
         "{body}"
     );
     assert!(
@@ -54,22 +47,14 @@ fn scrape_counts_rpcs_by_code_and_passes_promtool() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
     let out = promtool.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool: {report}"
-    );
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
 
     let (status, _) = d.http_get("/metrics");
     assert!(status.contains("404"), "{status}");
@@ -94,9 +79,7 @@ fn health_reports_serving() {
             .unwrap();
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         client
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
             .await
             .unwrap()
             .into_inner()

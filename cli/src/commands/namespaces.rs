@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use clap::Subcommand;
 use corten_api::containerd::services::namespaces::v1::{
-    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest,
-    Namespace, UpdateNamespaceRequest,
+    CreateNamespaceRequest, DeleteNamespaceRequest, GetNamespaceRequest, ListNamespacesRequest, Namespace,
+    UpdateNamespaceRequest,
 };
 use prost_types::FieldMask;
 use serde::Serialize;
@@ -127,16 +127,10 @@ async fn label(ctx: &Context, name: String, label_args: &[String]) -> anyhow::Re
     let mut client = conn.namespaces();
     if labels.is_empty() {
         // Nothing to change, but a mistyped name should still be reported.
-        client
-            .get(GetNamespaceRequest { name })
-            .await
-            .map_err(rpc)?;
+        client.get(GetNamespaceRequest { name }).await.map_err(rpc)?;
         return Ok(());
     }
-    client
-        .update(label_update(name, labels))
-        .await
-        .map_err(rpc)?;
+    client.update(label_update(name, labels)).await.map_err(rpc)?;
     Ok(())
 }
 

@@ -46,9 +46,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
 
 async fn ls(args: ListArgs, ctx: &Context) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
-    let request = corten_api::containerd::services::introspection::v1::PluginsRequest {
-        filters: args.filters,
-    };
+    let request = corten_api::containerd::services::introspection::v1::PluginsRequest { filters: args.filters };
     let plugins = conn
         .introspection()
         .plugins(request)
@@ -156,12 +154,7 @@ fn summary_table(plugins: &[PluginView]) -> Table {
         } else {
             p.platforms.join(",")
         };
-        table.row([
-            p.kind.clone(),
-            p.id.clone(),
-            platforms,
-            p.status.word().to_string(),
-        ]);
+        table.row([p.kind.clone(), p.id.clone(), platforms, p.status.word().to_string()]);
     }
     table
 }
@@ -271,10 +264,7 @@ mod tests {
     #[test]
     fn detailed_table_layout() {
         let mut p = plugin("io.containerd.grpc.v1", "namespaces");
-        p.requires = vec![
-            "io.containerd.metadata.v1".into(),
-            "io.containerd.event.v1".into(),
-        ];
+        p.requires = vec!["io.containerd.metadata.v1".into(), "io.containerd.event.v1".into()];
         p.exports = [("root".to_string(), "/var/lib/x".to_string())].into();
         p.init_err = Some(init_err("boom"));
         let views = vec![

@@ -47,12 +47,7 @@ pub async fn run(_: Args, ctx: &Context) -> anyhow::Result<()> {
 async fn query_server(ctx: &Context) -> anyhow::Result<ServerVersion> {
     let conn = ctx.connect().await?;
     let version = conn.version().version(()).await.map_err(rpc)?.into_inner();
-    let server = conn
-        .introspection()
-        .server(())
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let server = conn.introspection().server(()).await.map_err(rpc)?.into_inner();
     Ok(ServerVersion {
         version: version.version,
         revision: version.revision,

@@ -31,8 +31,7 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
                 let registry = registry.clone();
                 async move { Ok::<_, Infallible>(answer(&req, &registry)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!("metrics connection: {e}");
             }
@@ -42,10 +41,7 @@ pub async fn serve(listener: TcpListener, registry: Registry) {
 
 fn answer(req: &Request<Incoming>, registry: &Registry) -> Response<Full<bytes::Bytes>> {
     if req.uri().path() != "/v1/metrics" {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found: metrics are at /v1/metrics\n".into(),
-        );
+        return plain(StatusCode::NOT_FOUND, "not found: metrics are at /v1/metrics\n".into());
     }
     let encoder = TextEncoder::new();
     let mut body = Vec::new();

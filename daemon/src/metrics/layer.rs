@@ -77,23 +77,13 @@ where
                 metrics,
                 call: Some(call),
             };
-            Ok(response.map(|body| {
-                Body::new(Observed {
-                    inner: body,
-                    pending,
-                })
-            }))
+            Ok(response.map(|body| Body::new(Observed { inner: body, pending })))
         })
     }
 }
 
 fn status_in(headers: &HeaderMap) -> Option<tonic::Code> {
-    let value = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
     Some(tonic::Code::from(value))
 }
 
@@ -130,17 +120,13 @@ impl HttpBody for Observed {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.pending
-                        .finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
+                    this.pending.finish(status_in(trailers).unwrap_or(tonic::Code::Unknown));
                 }
             }
             Poll::Ready(Some(Err(_))) => this.pending.finish(tonic::Code::Internal),

@@ -25,14 +25,9 @@ pub fn registry() -> anyhow::Result<(Registry, GrpcMetrics)> {
         &["version", "revision"],
     )?;
     build
-        .with_label_values(&[
-            corten_core::version::VERSION,
-            corten_core::version::REVISION,
-        ])
+        .with_label_values(&[corten_core::version::VERSION, corten_core::version::REVISION])
         .inc();
     registry.register(Box::new(build))?;
-    registry.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    ))?;
+    registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
     Ok((registry, grpc))
 }

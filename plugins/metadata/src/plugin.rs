@@ -36,21 +36,18 @@ impl Plugin for SledPlugin {
     async fn init(ctx: InitContext, config: SledConfig) -> Result<Instance, InitError> {
         let path = ctx.root.join("meta.sled");
         let root = ctx.root.display().to_string();
-        let store =
-            tokio::task::spawn_blocking(move || SledStore::open(&path, config.cache_capacity))
-                .await
-                .map_err(|e| InitError::failed("open sled", e))?
-                .map_err(|e| InitError::failed("open sled", e))?;
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&path, config.cache_capacity))
+            .await
+            .map_err(|e| InitError::failed("open sled", e))?
+            .map_err(|e| InitError::failed("open sled", e))?;
         let store = Arc::new(store);
         let closing = store.clone();
         let meta: Arc<dyn MetaStore> = store;
-        Ok(Instance::new(meta)
-            .export("root", root)
-            .on_close(move || async move {
-                if let Err(e) = tokio::task::spawn_blocking(move || closing.flush()).await {
-                    tracing::warn!("flush metadata at close: {e}");
-                }
-            }))
+        Ok(Instance::new(meta).export("root", root).on_close(move || async move {
+            if let Err(e) = tokio::task::spawn_blocking(move || closing.flush()).await {
+                tracing::warn!("flush metadata at close: {e}");
+            }
+        }))
     }
 }
 

@@ -14,12 +14,10 @@ use std::{
 };
 
 use corten_core::{
-    metadata::{Exclusive, MetaStore, Pairs, Reader, Txn},
+    metadata::{Exclusive, MetaStore, MutationCallback, Pairs, Reader, Txn},
     Error,
 };
-use sled::transaction::{
-    ConflictableTransactionError, TransactionalTree, UnabortableTransactionError,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionalTree, UnabortableTransactionError};
 
 /// The layout version of the whole database, checked at open.
 const SCHEMA_VERSION: &[u8] = b"1";
@@ -31,6 +29,7 @@ pub struct SledStore {
     db: sled::Db,
     trees: RwLock<HashMap<String, sled::Tree>>,
     writers: RwLock<()>,
+    on_mutation: RwLock<Vec<MutationCallback>>,
 }
 
 fn db_err(context: &str) -> impl Fn(sled::Error) -> Error + '_ {
@@ -62,6 +61,7 @@ impl SledStore {
             db,
             trees: RwLock::new(HashMap::new()),
             writers: RwLock::new(()),
+            on_mutation: RwLock::new(Vec::new()),
         })
     }
 
@@ -72,12 +72,7 @@ impl SledStore {
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree, Error> {
-        if let Some(t) = self
-            .trees
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(t) = self.trees.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(t.clone());
         }
         let tree = self.db.open_tree(name).map_err(db_err("open tree"))?;
@@ -93,36 +88,35 @@ impl SledStore {
     }
 
     /// One sled transaction over `names`, then a flush; the caller holds the lock.
-    fn transact_unlocked(
-        &self,
-        names: &[&str],
-        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
-    ) -> Result<(), Error> {
-        let trees = names
-            .iter()
-            .map(|n| self.tree(n))
-            .collect::<Result<Vec<_>, _>>()?;
-        let result =
-            sled::Transactional::transaction(trees.as_slice(), |views: &Vec<TransactionalTree>| {
-                let txn = SledTxn {
-                    names,
-                    views,
-                    conflicted: Cell::new(false),
-                };
-                match f(&txn) {
-                    Ok(()) => Ok(()),
-                    Err(_) if txn.conflicted.get() => Err(ConflictableTransactionError::Conflict),
-                    Err(e) => Err(ConflictableTransactionError::Abort(e)),
-                }
-            });
-        match result {
-            Ok(()) => {}
+    fn transact_unlocked(&self, names: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
+        let trees = names.iter().map(|n| self.tree(n)).collect::<Result<Vec<_>, _>>()?;
+        let result = sled::Transactional::transaction(trees.as_slice(), |views: &Vec<TransactionalTree>| {
+            let txn = SledTxn {
+                names,
+                views,
+                conflicted: Cell::new(false),
+                wrote: Cell::new(false),
+                removed: Cell::new(false),
+            };
+            match f(&txn) {
+                Ok(()) => Ok((txn.wrote.get(), txn.removed.get())),
+                Err(_) if txn.conflicted.get() => Err(ConflictableTransactionError::Conflict),
+                Err(e) => Err(ConflictableTransactionError::Abort(e)),
+            }
+        });
+        let (wrote, removed) = match result {
+            Ok(outcome) => outcome,
             Err(sled::transaction::TransactionError::Abort(e)) => return Err(e),
             Err(sled::transaction::TransactionError::Storage(e)) => {
                 return Err(Error::internal("metadata transaction", e))
             }
+        };
+        if wrote {
+            self.db.flush().map_err(db_err("flush metadata"))?;
+            for callback in self.on_mutation.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                callback(removed);
+            }
         }
-        self.db.flush().map_err(db_err("flush metadata"))?;
         Ok(())
     }
 }
@@ -133,6 +127,8 @@ struct SledTxn<'a> {
     /// Set when sled reports a conflict, so the whole closure is retried
     /// rather than the error handed to the caller.
     conflicted: Cell<bool>,
+    wrote: Cell<bool>,
+    removed: Cell<bool>,
 }
 
 impl SledTxn<'_> {
@@ -141,9 +137,7 @@ impl SledTxn<'_> {
             .iter()
             .position(|n| *n == tree)
             .map(|i| &self.views[i])
-            .ok_or_else(|| {
-                Error::Internal(format!("tree {tree:?} is not part of this transaction"))
-            })
+            .ok_or_else(|| Error::Internal(format!("tree {tree:?} is not part of this transaction")))
     }
 
     fn check<T>(&self, r: Result<T, UnabortableTransactionError>) -> Result<T, Error> {
@@ -163,11 +157,17 @@ impl Txn for SledTxn<'_> {
     }
 
     fn insert(&self, tree: &str, key: &[u8], value: Vec<u8>) -> Result<(), Error> {
+        self.wrote.set(true);
         self.check(self.view(tree)?.insert(key, value)).map(drop)
     }
 
     fn remove(&self, tree: &str, key: &[u8]) -> Result<(), Error> {
-        self.check(self.view(tree)?.remove(key)).map(drop)
+        let previous = self.check(self.view(tree)?.remove(key))?;
+        if previous.is_some() {
+            self.wrote.set(true);
+            self.removed.set(true);
+        }
+        Ok(())
     }
 }
 
@@ -208,21 +208,21 @@ impl Reader for SledStore {
 }
 
 impl MetaStore for SledStore {
-    fn transact(
-        &self,
-        trees: &[&str],
-        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
         let _shared = self.read_lock();
         self.transact_unlocked(trees, f)
     }
 
-    fn exclusive(
-        &self,
-        f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn exclusive(&self, f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>) -> Result<(), Error> {
         let _only = self.writers.write().unwrap_or_else(|e| e.into_inner());
         f(&Locked(self))
+    }
+
+    fn on_mutation(&self, callback: MutationCallback) {
+        self.on_mutation
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(callback);
     }
 }
 
@@ -245,11 +245,7 @@ impl Reader for Locked<'_> {
 }
 
 impl Exclusive for Locked<'_> {
-    fn transact(
-        &self,
-        trees: &[&str],
-        f: &dyn Fn(&dyn Txn) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn transact(&self, trees: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
         self.0.transact_unlocked(trees, f)
     }
 }
@@ -289,6 +285,20 @@ mod tests {
         assert!(s.has_prefix("b", b"ns/").unwrap());
         assert!(!s.has_prefix("b", b"nt/").unwrap());
         assert_eq!(s.tree_names(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn reports_mutations_and_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        s.on_mutation(Arc::new(move |deleted| log.lock().unwrap().push(deleted)));
+        s.transact(&["a"], &|t| t.insert("a", b"k", vec![1])).unwrap();
+        s.transact(&["a"], &|t| t.get("a", b"k").map(drop)).unwrap();
+        s.transact(&["a"], &|t| t.remove("a", b"missing")).unwrap();
+        s.transact(&["a"], &|t| t.remove("a", b"k")).unwrap();
+        assert_eq!(*seen.lock().unwrap(), vec![false, true]);
     }
 
     #[test]
@@ -372,8 +382,7 @@ mod tests {
             matches!(&err, Error::FailedPrecondition(m) if m.contains("images")),
             "{err}"
         );
-        s.transact(&["images"], &|t| t.remove("images", b"x/busybox"))
-            .unwrap();
+        s.transact(&["images"], &|t| t.remove("images", b"x/busybox")).unwrap();
         ns.delete("x").unwrap();
         assert!(matches!(ns.delete("x"), Err(Error::NotFound(_))));
         assert_eq!(ns.list().unwrap(), vec![]);

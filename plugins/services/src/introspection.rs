@@ -13,10 +13,7 @@ use corten_api::{
 use corten_core::{
     filters::{Adaptor, Filter},
     grpc::GrpcService,
-    plugin::{
-        InitContext, InitError, Instance, NoConfig, Plugin, PluginRecord, PluginSet,
-        Status as InitStatus,
-    },
+    plugin::{InitContext, InitError, Instance, NoConfig, Plugin, PluginRecord, PluginSet, Status as InitStatus},
     register_plugin,
 };
 use tonic::{Request, Response, Status};
@@ -70,10 +67,7 @@ fn init_err(status: &InitStatus) -> Option<RpcStatus> {
 
 #[tonic::async_trait]
 impl Introspection for IntrospectionService {
-    async fn plugins(
-        &self,
-        request: Request<PluginsRequest>,
-    ) -> Result<Response<PluginsResponse>, Status> {
+    async fn plugins(&self, request: Request<PluginsRequest>) -> Result<Response<PluginsResponse>, Status> {
         let filter = Filter::parse_all(&request.into_inner().filters).map_err(to_status)?;
         let plugins = self
             .plugins
@@ -94,9 +88,7 @@ impl Introspection for IntrospectionService {
     }
 
     async fn server(&self, _: Request<()>) -> Result<Response<ServerResponse>, Status> {
-        let pidns = std::fs::metadata("/proc/self/ns/pid")
-            .map(|m| m.ino())
-            .unwrap_or(0);
+        let pidns = std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino()).unwrap_or(0);
         Ok(Response::new(ServerResponse {
             uuid: self.uuid.clone(),
             pid: std::process::id().into(),
@@ -133,8 +125,7 @@ impl Plugin for IntrospectionPlugin {
     type Config = NoConfig;
 
     async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
-        let uuid =
-            load_or_create_uuid(&ctx.root).map_err(|e| InitError::failed("server uuid", e))?;
+        let uuid = load_or_create_uuid(&ctx.root).map_err(|e| InitError::failed("server uuid", e))?;
         let service = IntrospectionService {
             plugins: ctx.plugins(),
             uuid,

@@ -10,12 +10,8 @@
 macro_rules! with_limits {
     ($server:expr, $ctx:expr) => {
         $server
-            .max_decoding_message_size(
-                usize::try_from($ctx.config.grpc.max_recv_message_size).unwrap_or(usize::MAX),
-            )
-            .max_encoding_message_size(
-                usize::try_from($ctx.config.grpc.max_send_message_size).unwrap_or(usize::MAX),
-            )
+            .max_decoding_message_size(usize::try_from($ctx.config.grpc.max_recv_message_size).unwrap_or(usize::MAX))
+            .max_encoding_message_size(usize::try_from($ctx.config.grpc.max_send_message_size).unwrap_or(usize::MAX))
     };
 }
 

@@ -8,10 +8,9 @@ use corten_api::{
         events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate},
         services::namespaces::v1::{
             namespaces_server::{Namespaces as NamespacesApi, NamespacesServer},
-            CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest,
-            GetNamespaceRequest, GetNamespaceResponse, ListNamespacesRequest,
-            ListNamespacesResponse, Namespace as NamespaceMsg, UpdateNamespaceRequest,
-            UpdateNamespaceResponse,
+            CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
+            GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespaceMsg,
+            UpdateNamespaceRequest, UpdateNamespaceResponse,
         },
     },
     pack_any,
@@ -67,10 +66,7 @@ impl NamespacesService {
 
 #[tonic::async_trait]
 impl NamespacesApi for NamespacesService {
-    async fn get(
-        &self,
-        request: Request<GetNamespaceRequest>,
-    ) -> Result<Response<GetNamespaceResponse>, Status> {
+    async fn get(&self, request: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
         let store = self.store.clone();
         let name = request.into_inner().name;
         let ns = blocking(move || store.get(&name)).await?;
@@ -79,10 +75,7 @@ impl NamespacesApi for NamespacesService {
         }))
     }
 
-    async fn list(
-        &self,
-        _: Request<ListNamespacesRequest>,
-    ) -> Result<Response<ListNamespacesResponse>, Status> {
+    async fn list(&self, _: Request<ListNamespacesRequest>) -> Result<Response<ListNamespacesResponse>, Status> {
         let store = self.store.clone();
         let list = blocking(move || store.list()).await?;
         Ok(Response::new(ListNamespacesResponse {
@@ -134,10 +127,7 @@ impl NamespacesApi for NamespacesService {
         }))
     }
 
-    async fn delete(
-        &self,
-        request: Request<DeleteNamespaceRequest>,
-    ) -> Result<Response<()>, Status> {
+    async fn delete(&self, request: Request<DeleteNamespaceRequest>) -> Result<Response<()>, Status> {
         let store = self.store.clone();
         let name = request.into_inner().name;
         let deleted = name.clone();
@@ -157,8 +147,7 @@ struct NamespacesPlugin;
 impl Plugin for NamespacesPlugin {
     const TYPE: &'static str = corten_core::grpc::PLUGIN_TYPE;
     const ID: &'static str = "namespaces";
-    const REQUIRES: &'static [&'static str] =
-        &["io.containerd.metadata.v1", "io.containerd.event.v1"];
+    const REQUIRES: &'static [&'static str] = &["io.containerd.metadata.v1", "io.containerd.event.v1"];
     type Config = NoConfig;
 
     async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {

@@ -15,8 +15,7 @@ pub fn namespace(metadata: &MetadataMap) -> Result<String, Status> {
     let ns = value
         .to_str()
         .map_err(|_| Status::invalid_argument("namespace header is not valid text"))?;
-    identifiers::validate(ns)
-        .map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
+    identifiers::validate(ns).map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
     Ok(ns.to_string())
 }
 
@@ -27,15 +26,9 @@ mod tests {
     #[test]
     fn reads_the_header() {
         let mut md = MetadataMap::new();
-        assert_eq!(
-            namespace(&md).unwrap_err().code(),
-            tonic::Code::FailedPrecondition
-        );
+        assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::FailedPrecondition);
         md.insert(NAMESPACE_HEADER, "a..b".parse().unwrap());
-        assert_eq!(
-            namespace(&md).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::InvalidArgument);
         md.insert(NAMESPACE_HEADER, "k8s.io".parse().unwrap());
         assert_eq!(namespace(&md).unwrap(), "k8s.io");
     }

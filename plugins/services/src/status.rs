@@ -12,6 +12,7 @@ pub fn to_status(err: Error) -> Status {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::InvalidArgument(_) => Code::InvalidArgument,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::OutOfRange(_) => Code::OutOfRange,
         Error::Unimplemented(_) => Code::Unimplemented,
         Error::Internal(_) => Code::Internal,
     };
