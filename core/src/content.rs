@@ -93,6 +93,9 @@ pub trait ContentStore: Send + Sync + 'static {
     /// Removes blobs and ingest data that no namespace references any more.
     /// Runs after a garbage-collection sweep; returns what was removed.
     fn sweep_backend(&self) -> Result<u64, Error>;
+    /// Checks the store at rest: every blob's bytes match its digest and
+    /// every record points at a blob. Returns one line per problem.
+    fn verify(&self) -> Result<Vec<String>, Error>;
 }
 
 /// The longest ingest reference accepted.

@@ -3,6 +3,7 @@
 //! other code in the daemon names a plugin.
 
 pub fn link() {
+    corten_content::link();
     corten_events::link();
     corten_metadata::link();
     corten_services::link();
