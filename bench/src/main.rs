@@ -1,1 +1,49 @@
-fn main() {}
+//! `corten-bench`: measures corten against containerd 1.6 and prints ratios.
+//!
+//! Every benchmark runs the reference in the same invocation, so a ratio never
+//! compares numbers taken on different machines or at different times.
+
+mod daemon;
+mod machine;
+mod probe;
+mod proc_status;
+mod startup;
+mod stats;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "corten-bench", about = "Benchmarks corten against containerd 1.6")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Cold start to the first answered Version RPC, and idle memory
+    Startup(startup::Args),
+}
+
+/// How results are printed; shared by every benchmark.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Startup(args) => startup::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corten-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -197,6 +197,28 @@ impl Daemon {
             .expect("run ctr")
     }
 
+    /// Runs the real `ctr` with `input` on its stdin.
+    pub fn ctr_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(system_tool("ctr", "containerd"))
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ctr");
+        let mut stdin = child.stdin.take().expect("ctr stdin");
+        let input = input.to_vec();
+        // Written from a thread so a ctr that fails early cannot block us on a full pipe.
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("wait for ctr");
+        let _ = writer.join();
+        out
+    }
+
     /// Runs `corten` against this daemon.
     pub fn corten(&self, args: &[&str]) -> Output {
         Command::new(bin("corten"))

@@ -236,7 +236,7 @@ impl Writer for IngestWriter {
         }
         let end = offset + data.len() as u64;
         if self.meta.total > 0 && end > self.meta.total {
-            return Err(Error::OutOfRange(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "write to {} ends at {end}, past its expected size {}",
                 self.reference, self.meta.total
             )));

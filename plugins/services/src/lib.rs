@@ -15,8 +15,11 @@ macro_rules! with_limits {
     };
 }
 
+mod content;
+mod events;
 mod health;
 mod introspection;
+mod leases;
 mod namespaces;
 pub mod request;
 pub mod status;

@@ -1,22 +1,19 @@
 //! Plugin `io.containerd.grpc.v1.namespaces`: `ctr namespaces ...`, over
 //! the core's namespace rules, publishing /namespaces/* events.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc};
 
-use corten_api::{
-    containerd::{
-        events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate},
-        services::namespaces::v1::{
-            namespaces_server::{Namespaces as NamespacesApi, NamespacesServer},
-            CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
-            GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespaceMsg,
-            UpdateNamespaceRequest, UpdateNamespaceResponse,
-        },
+use corten_api::containerd::{
+    events::{NamespaceCreate, NamespaceDelete, NamespaceUpdate},
+    services::namespaces::v1::{
+        namespaces_server::{Namespaces as NamespacesApi, NamespacesServer},
+        CreateNamespaceRequest, CreateNamespaceResponse, DeleteNamespaceRequest, GetNamespaceRequest,
+        GetNamespaceResponse, ListNamespacesRequest, ListNamespacesResponse, Namespace as NamespaceMsg,
+        UpdateNamespaceRequest, UpdateNamespaceResponse,
     },
-    pack_any,
 };
 use corten_core::{
-    events::{Envelope, Exchange},
+    events::Exchange,
     grpc::GrpcService,
     metadata::MetaStore,
     namespaces::{Namespace, Namespaces},
@@ -25,7 +22,7 @@ use corten_core::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::status::blocking;
+use crate::{events::publish, status::blocking};
 
 #[derive(Clone)]
 struct NamespacesService {
@@ -45,22 +42,6 @@ fn from_msg(msg: Option<NamespaceMsg>) -> Namespace {
     Namespace {
         name: msg.name,
         labels: msg.labels.into_iter().collect::<BTreeMap<_, _>>(),
-    }
-}
-
-impl NamespacesService {
-    /// Events about a namespace are published in that namespace.
-    fn publish(&self, namespace: &str, topic: &str, event: prost_types::Any) {
-        let envelope = Envelope {
-            timestamp: SystemTime::now(),
-            namespace: namespace.to_string(),
-            topic: topic.to_string(),
-            type_url: event.type_url,
-            value: event.value,
-        };
-        if let Err(e) = self.events.publish(envelope) {
-            tracing::warn!(topic, "publish event: {e}");
-        }
     }
 }
 
@@ -94,10 +75,12 @@ impl NamespacesApi for NamespacesService {
             name: created.name.clone(),
             labels: created.labels.clone().into_iter().collect(),
         };
-        self.publish(
+        publish(
+            &self.events,
             &created.name,
             "/namespaces/create",
-            pack_any("containerd.events.NamespaceCreate", &event),
+            "containerd.events.NamespaceCreate",
+            &event,
         );
         Ok(Response::new(CreateNamespaceResponse {
             namespace: Some(to_msg(created)),
@@ -117,10 +100,12 @@ impl NamespacesApi for NamespacesService {
             name: updated.name.clone(),
             labels: updated.labels.clone().into_iter().collect(),
         };
-        self.publish(
+        publish(
+            &self.events,
             &updated.name,
             "/namespaces/update",
-            pack_any("containerd.events.NamespaceUpdate", &event),
+            "containerd.events.NamespaceUpdate",
+            &event,
         );
         Ok(Response::new(UpdateNamespaceResponse {
             namespace: Some(to_msg(updated)),
@@ -133,10 +118,12 @@ impl NamespacesApi for NamespacesService {
         let deleted = name.clone();
         blocking(move || store.delete(&deleted)).await?;
         let event = NamespaceDelete { name: name.clone() };
-        self.publish(
+        publish(
+            &self.events,
             &name,
             "/namespaces/delete",
-            pack_any("containerd.events.NamespaceDelete", &event),
+            "containerd.events.NamespaceDelete",
+            &event,
         );
         Ok(Response::new(()))
     }

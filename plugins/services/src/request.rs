@@ -19,6 +19,23 @@ pub fn namespace(metadata: &MetadataMap) -> Result<String, Status> {
     Ok(ns.to_string())
 }
 
+/// The lease a request asks its new objects to be held by (`containerd-lease`).
+pub fn lease(metadata: &MetadataMap) -> Result<Option<String>, Status> {
+    let Some(value) = metadata.get(corten_core::leases::HEADER) else {
+        return Ok(None);
+    };
+    let lease = value
+        .to_str()
+        .map_err(|_| Status::invalid_argument("lease header is not valid text"))?;
+    identifiers::validate(lease).map_err(|e| Status::invalid_argument(format!("lease validation: {e}")))?;
+    Ok(Some(lease.to_string()))
+}
+
+/// A digest from a request field, as InvalidArgument when malformed.
+pub fn digest(text: &str) -> Result<corten_core::digest::Digest, Status> {
+    text.parse().map_err(crate::status::to_status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
