@@ -1,0 +1,235 @@
+//! The object graph the collector marks, and what each kind of object
+//! contributes to it: whether it is a root, what it references, and which
+//! other keys go with it when it is swept.
+//!
+//! A new kind (images, containers, snapshots) is one variant of [`Kind`],
+//! one loader here and one line in [`load`]; marking and sweeping stay as
+//! they are.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
+
+use corten_core::{
+    content,
+    digest::Digest,
+    gc, leases,
+    metadata::{self, Reader},
+    Error,
+};
+use tracing::warn;
+
+/// Lease resource kinds, as the lease manager records them.
+const CONTENT_RESOURCE: &str = "content";
+const INGEST_RESOURCE: &str = "ingests";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Content,
+    Ingest,
+    Lease,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 3] = [Kind::Content, Kind::Ingest, Kind::Lease];
+
+    /// The metadata tree whose `<ns>/<id>` keys are objects of this kind.
+    pub(crate) fn tree(self) -> &'static str {
+        match self {
+            Kind::Content => content::TREE,
+            Kind::Ingest => content::INGESTS_TREE,
+            Kind::Lease => leases::TREE,
+        }
+    }
+
+    /// The `kind` label of the removal metric.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Content => "content",
+            Kind::Ingest => "ingests",
+            Kind::Lease => "leases",
+        }
+    }
+}
+
+/// Every tree a sweep may remove keys from.
+pub(crate) const TREES: &[&str] = &[
+    content::TREE,
+    content::INGESTS_TREE,
+    leases::TREE,
+    leases::RESOURCES_TREE,
+];
+
+/// One object: its kind and its key (`<ns>/<id>`) in that kind's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Node {
+    pub kind: Kind,
+    pub key: Vec<u8>,
+}
+
+impl Node {
+    fn new(kind: Kind, ns: &str, id: &str) -> Node {
+        Node {
+            kind,
+            key: metadata::key(ns, id),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Object {
+    pub root: bool,
+    /// Objects this one keeps alive. They may not exist; such edges lead nowhere.
+    pub refs: Vec<Node>,
+    /// The objects in `refs` are kept, but not what they reference in turn.
+    pub flat: bool,
+    /// Keys in other trees that only make sense with this object: `(tree, key)`.
+    pub dependents: Vec<(&'static str, Vec<u8>)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Graph {
+    pub objects: HashMap<Node, Object>,
+    /// Keys that belong to an object that no longer exists: every sweep removes them.
+    pub dangling: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// Reads every kind into one graph. Runs under the exclusive lock, so the
+/// trees agree with each other.
+pub(crate) fn load(db: &dyn Reader, now: SystemTime) -> Result<Graph, Error> {
+    let mut graph = Graph::default();
+    load_content(db, &mut graph)?;
+    load_ingests(db, now, &mut graph)?;
+    // Last, because lease resources attach to leases already in the graph.
+    load_leases(db, now, &mut graph)?;
+    Ok(graph)
+}
+
+/// The namespace and id of a `<ns>/<id>` key; `None` for a key corten did not write.
+fn split_key(key: &[u8]) -> Option<(&str, &str)> {
+    std::str::from_utf8(key).ok()?.split_once('/')
+}
+
+/// Scans one kind's tree, handing each object's namespace and decoded record
+/// to `object`. A record that cannot be decoded is kept as a root: what it
+/// would keep alive is unknown, and losing data is worse than keeping garbage.
+fn load_tree<R: serde::de::DeserializeOwned>(
+    db: &dyn Reader,
+    kind: Kind,
+    graph: &mut Graph,
+    object: impl Fn(&str, R) -> Object,
+) -> Result<(), Error> {
+    for (key, value) in db.scan_prefix(kind.tree(), b"")? {
+        let Some((ns, id)) = split_key(&key) else {
+            warn!(tree = kind.tree(), key = %String::from_utf8_lossy(&key), "gc: leaving a key it cannot parse");
+            continue;
+        };
+        let obj = match metadata::decode::<R>(&value) {
+            Ok(record) => object(ns, record),
+            Err(e) => {
+                warn!(tree = kind.tree(), ns, id, "gc: keeping a record it cannot read: {e}");
+                Object {
+                    root: true,
+                    ..Object::default()
+                }
+            }
+        };
+        graph.objects.insert(Node { kind, key }, obj);
+    }
+    Ok(())
+}
+
+fn load_content(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
+    load_tree(db, Kind::Content, graph, |ns, record: content::Record| Object {
+        root: record.labels.contains_key(gc::ROOT_LABEL),
+        refs: label_refs(ns, &record.labels),
+        ..Object::default()
+    })
+}
+
+fn load_ingests(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<(), Error> {
+    load_tree(db, Kind::Ingest, graph, |_, record: content::IngestRecord| Object {
+        root: record.expires.is_some_and(|t| t > now),
+        ..Object::default()
+    })
+}
+
+fn load_leases(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<(), Error> {
+    // An expired lease is not a root; as nothing references a lease, the
+    // sweep then removes it along with its resource keys.
+    load_tree(db, Kind::Lease, graph, |_, record: leases::Record| Object {
+        root: !leases::expired(&record.labels, now),
+        flat: record.labels.contains_key(leases::FLAT_LABEL),
+        ..Object::default()
+    })?;
+    for (key, _) in db.scan_prefix(leases::RESOURCES_TREE, b"")? {
+        let Some((ns, lease, resource)) = leases::parse_resource_key(&key) else {
+            warn!(key = %String::from_utf8_lossy(&key), "gc: leaving a lease resource key it cannot parse");
+            continue;
+        };
+        match graph.objects.get_mut(&Node::new(Kind::Lease, &ns, &lease)) {
+            Some(lease) => {
+                lease.refs.extend(resource_node(&ns, &resource));
+                lease.dependents.push((leases::RESOURCES_TREE, key));
+            }
+            None => graph.dangling.push((leases::RESOURCES_TREE, key)),
+        }
+    }
+    Ok(())
+}
+
+/// The object a lease resource names, if it is of a kind the graph has.
+fn resource_node(ns: &str, resource: &leases::Resource) -> Option<Node> {
+    match resource.kind.as_str() {
+        CONTENT_RESOURCE => Some(Node::new(Kind::Content, ns, &resource.id)),
+        INGEST_RESOURCE => Some(Node::new(Kind::Ingest, ns, &resource.id)),
+        // `snapshots/<snapshotter>` = key: an edge once snapshots are a kind.
+        _ => None,
+    }
+}
+
+/// The references `containerd.io/gc.ref.*` labels make, always within the
+/// object's own namespace. Shared by every kind that carries such labels
+/// (content today; images, containers and snapshots when they arrive).
+fn label_refs(ns: &str, labels: &BTreeMap<String, String>) -> Vec<Node> {
+    let mut refs = Vec::new();
+    for (key, value) in labels {
+        // Any suffix counts (`.l.0`, `.config`, `.m.1`, ...): reading one too
+        // many as a reference only keeps more.
+        if key.starts_with(gc::CONTENT_REF_PREFIX) {
+            if let Ok(digest) = value.parse::<Digest>() {
+                refs.push(Node::new(Kind::Content, ns, &digest.to_string()));
+            }
+        }
+        // `gc::SNAPSHOT_REF_PREFIX` + snapshotter = key: an edge once
+        // snapshots are a kind.
+    }
+    refs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_reference_content_in_the_same_namespace() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let labels = BTreeMap::from([
+            (format!("{}.l.0", gc::CONTENT_REF_PREFIX), d.clone()),
+            (gc::CONTENT_REF_PREFIX.to_string(), d.clone()),
+            (format!("{}.config", gc::CONTENT_REF_PREFIX), "not a digest".to_string()),
+            (format!("{}overlayfs", gc::SNAPSHOT_REF_PREFIX), "chain".to_string()),
+            ("other".to_string(), d.clone()),
+        ]);
+        let refs = label_refs("ns", &labels);
+        assert_eq!(refs, vec![Node::new(Kind::Content, "ns", &d); 2]);
+    }
+
+    #[test]
+    fn keys_split_at_the_first_slash() {
+        assert_eq!(split_key(b"ns/sha256:ab"), Some(("ns", "sha256:ab")));
+        assert_eq!(split_key(b"nons"), None);
+        assert_eq!(split_key(&[0xff, b'/', b'a']), None);
+    }
+}
