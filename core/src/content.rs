@@ -120,6 +120,9 @@ pub fn validate_ref(reference: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The plugin type content stores register under.
+pub const PLUGIN_TYPE: &str = "io.containerd.content.v1";
+
 /// Blob records per namespace: `<ns>/<digest>` -> [`Record`].
 pub const TREE: &str = "content";
 /// Ingests per namespace: `<ns>/<ref>` -> [`IngestRecord`].

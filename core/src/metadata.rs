@@ -11,6 +11,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::Error;
 
+/// The plugin type metadata stores register under.
+pub const PLUGIN_TYPE: &str = "io.containerd.metadata.v1";
+
 /// Key/value pairs as a scan returns them, in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 

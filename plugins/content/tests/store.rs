@@ -103,7 +103,7 @@ fn mismatches_store_nothing() {
         .unwrap();
     w.write_at(0, b"hello").unwrap();
     assert!(matches!(w.commit(BTreeMap::new()), Err(Error::FailedPrecondition(m)) if m.contains("size")));
-    assert!(matches!(w.write_at(5, b"!!"), Err(Error::OutOfRange(_))));
+    assert!(matches!(w.write_at(5, b"!!"), Err(Error::FailedPrecondition(_))));
     drop(w);
     assert!(f.store.list("ns").unwrap().is_empty());
     assert_eq!(blob_files(&f), 0);
