@@ -40,6 +40,9 @@ pub struct Args {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Check the stores offline (the daemon must be stopped): every blob's
+    /// bytes match its digest and every record points at a blob
+    Verify,
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -81,6 +84,10 @@ pub fn dispatch(args: Args) -> anyhow::Result<()> {
             }
             print!("{}", loaded.config.to_toml_string());
             Ok(())
+        }
+        Some(Command::Verify) => {
+            let loaded = load_config(&args)?;
+            crate::verify::run(loaded)
         }
         None => {
             let loaded = load_config(&args)?;

@@ -8,6 +8,7 @@ mod run;
 mod server;
 mod shutdown;
 mod socket;
+mod verify;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,8 @@
 pub fn link() {
     corten_content::link();
     corten_events::link();
+    corten_gc::link();
+    corten_leases::link();
     corten_metadata::link();
     corten_services::link();
 }
