@@ -29,6 +29,9 @@ use crate::{
     store::Inner,
 };
 
+/// How long an ingest written without a lease stays a GC root.
+const UNLEASED_INGEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The trees an ingest's transactions touch.
 const TREES: &[&str] = &[
     content::TREE,
@@ -117,7 +120,10 @@ impl IngestWriter {
                 return Err(Error::AlreadyExists(format!("content {expected}")));
             }
         }
-        let record = metadata::encode(&IngestRecord::default())?;
+        // Without a lease, an ingest protects itself for a day so a collection
+        // cannot drop it while it is being written.
+        let expires = options.lease.is_none().then(|| SystemTime::now() + UNLEASED_INGEST_LIFETIME);
+        let record = metadata::encode(&IngestRecord { expires })?;
         inner.meta.transact(TREES, &|txn| {
             Namespaces::ensure(txn, ns)?;
             if txn.get(content::INGESTS_TREE, &key)?.is_none() {
