@@ -9,13 +9,18 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "google/rpc/status.proto",
     "containerd/types/platform.proto",
+    "containerd/types/mount.proto",
+    "containerd/types/descriptor.proto",
     "containerd/events/namespace.proto",
     "containerd/events/content.proto",
+    "containerd/events/snapshot.proto",
     "containerd/services/version/v1/version.proto",
     "containerd/services/introspection/v1/introspection.proto",
     "containerd/services/namespaces/v1/namespace.proto",
     "containerd/services/content/v1/content.proto",
     "containerd/services/leases/v1/leases.proto",
+    "containerd/services/snapshots/v1/snapshots.proto",
+    "containerd/services/diff/v1/diff.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -40,6 +40,16 @@ pub mod containerd {
                 tonic::include_proto!("containerd.services.leases.v1");
             }
         }
+        pub mod snapshots {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+        pub mod diff {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.diff.v1");
+            }
+        }
         pub mod namespaces {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.namespaces.v1");

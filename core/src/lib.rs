@@ -9,6 +9,7 @@
 //! The core names no plugin: plugins name the core.
 
 pub mod content;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod events;
@@ -19,9 +20,11 @@ pub mod identifiers;
 pub mod labels;
 pub mod leases;
 pub mod metadata;
+pub mod mount;
 pub mod namespaces;
 pub mod plugin;
 pub mod registry;
+pub mod snapshots;
 pub mod version;
 
 pub use error::{Error, Result};
