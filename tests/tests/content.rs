@@ -15,7 +15,7 @@ use corten_tests::{fails, ok, system_tool, wait_for, Daemon};
 const NO_AUTO_GC: &str = r#"[plugins."io.containerd.gc.v1.scheduler"]
 startup_delay = "1000h"
 mutation_threshold = 0
-deletion_threshold = 0
+deletion_threshold = 1000000000
 "#;
 
 fn daemon() -> Daemon {

@@ -22,7 +22,7 @@ const WRITERS: usize = 3;
 const NO_AUTO_GC: &str = r#"[plugins."io.containerd.gc.v1.scheduler"]
 startup_delay = "1000h"
 mutation_threshold = 0
-deletion_threshold = 0
+deletion_threshold = 1000000000
 "#;
 
 /// A small deterministic generator: the seed is printed, so a failure replays.

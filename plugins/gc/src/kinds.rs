@@ -7,6 +7,7 @@
 //! they are.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap},
     time::SystemTime,
 };
@@ -16,7 +17,7 @@ use corten_core::{
     digest::Digest,
     gc, leases,
     metadata::{self, Reader},
-    Error,
+    snapshots, Error,
 };
 use tracing::warn;
 
@@ -29,37 +30,49 @@ pub(crate) enum Kind {
     Content,
     Ingest,
     Lease,
+    /// A snapshot of the snapshotter with this id.
+    Snapshot(&'static str),
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Content, Kind::Ingest, Kind::Lease];
+    /// Every `kind` label of the removal metric.
+    pub(crate) const NAMES: [&'static str; 4] = ["content", "ingests", "leases", "snapshots"];
 
     /// The metadata tree whose `<ns>/<id>` keys are objects of this kind.
-    pub(crate) fn tree(self) -> &'static str {
+    pub(crate) fn tree(self) -> Cow<'static, str> {
         match self {
-            Kind::Content => content::TREE,
-            Kind::Ingest => content::INGESTS_TREE,
-            Kind::Lease => leases::TREE,
+            Kind::Content => Cow::Borrowed(content::TREE),
+            Kind::Ingest => Cow::Borrowed(content::INGESTS_TREE),
+            Kind::Lease => Cow::Borrowed(leases::TREE),
+            Kind::Snapshot(snapshotter) => Cow::Owned(snapshots::tree(snapshotter)),
         }
     }
 
     /// The `kind` label of the removal metric.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Kind::Content => "content",
-            Kind::Ingest => "ingests",
-            Kind::Lease => "leases",
+            Kind::Content => Self::NAMES[0],
+            Kind::Ingest => Self::NAMES[1],
+            Kind::Lease => Self::NAMES[2],
+            Kind::Snapshot(_) => Self::NAMES[3],
         }
     }
 }
 
 /// Every tree a sweep may remove keys from.
-pub(crate) const TREES: &[&str] = &[
-    content::TREE,
-    content::INGESTS_TREE,
-    leases::TREE,
-    leases::RESOURCES_TREE,
-];
+pub(crate) fn trees(snapshotters: &[&'static str]) -> Vec<String> {
+    let mut trees: Vec<String> = [
+        content::TREE,
+        content::INGESTS_TREE,
+        leases::TREE,
+        leases::RESOURCES_TREE,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    trees.extend(snapshotters.iter().map(|s| snapshots::tree(s)));
+    trees
+}
 
 /// One object: its kind and its key (`<ns>/<id>`) in that kind's tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,14 +106,22 @@ pub(crate) struct Graph {
     pub objects: HashMap<Node, Object>,
     /// Keys that belong to an object that no longer exists: every sweep removes them.
     pub dangling: Vec<(&'static str, Vec<u8>)>,
+    /// The snapshotters whose snapshots are objects, by id.
+    pub snapshotters: Vec<&'static str>,
 }
 
 /// Reads every kind into one graph. Runs under the exclusive lock, so the
 /// trees agree with each other.
-pub(crate) fn load(db: &dyn Reader, now: SystemTime) -> Result<Graph, Error> {
-    let mut graph = Graph::default();
+pub(crate) fn load(db: &dyn Reader, now: SystemTime, snapshotters: &[&'static str]) -> Result<Graph, Error> {
+    let mut graph = Graph {
+        snapshotters: snapshotters.to_vec(),
+        ..Graph::default()
+    };
     load_content(db, &mut graph)?;
     load_ingests(db, now, &mut graph)?;
+    for snapshotter in snapshotters {
+        load_snapshots(db, snapshotter, &mut graph)?;
+    }
     // Last, because lease resources attach to leases already in the graph.
     load_leases(db, now, &mut graph)?;
     Ok(graph)
@@ -118,17 +139,17 @@ fn load_tree<R: serde::de::DeserializeOwned>(
     db: &dyn Reader,
     kind: Kind,
     graph: &mut Graph,
-    object: impl Fn(&str, R) -> Object,
+    object: impl Fn(&str, R, &Graph) -> Object,
 ) -> Result<(), Error> {
-    for (key, value) in db.scan_prefix(kind.tree(), b"")? {
+    for (key, value) in db.scan_prefix(&kind.tree(), b"")? {
         let Some((ns, id)) = split_key(&key) else {
-            warn!(tree = kind.tree(), key = %String::from_utf8_lossy(&key), "gc: leaving a key it cannot parse");
+            warn!(tree = %kind.tree(), key = %String::from_utf8_lossy(&key), "gc: leaving a key it cannot parse");
             continue;
         };
         let obj = match metadata::decode::<R>(&value) {
-            Ok(record) => object(ns, record),
+            Ok(record) => object(ns, record, graph),
             Err(e) => {
-                warn!(tree = kind.tree(), ns, id, "gc: keeping a record it cannot read: {e}");
+                warn!(tree = %kind.tree(), ns, id, "gc: keeping a record it cannot read: {e}");
                 Object {
                     root: true,
                     ..Object::default()
@@ -141,15 +162,35 @@ fn load_tree<R: serde::de::DeserializeOwned>(
 }
 
 fn load_content(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
-    load_tree(db, Kind::Content, graph, |ns, record: content::Record| Object {
+    load_tree(db, Kind::Content, graph, |ns, record: content::Record, graph| Object {
         root: record.labels.contains_key(gc::ROOT_LABEL),
-        refs: label_refs(ns, &record.labels),
+        refs: label_refs(ns, &record.labels, &graph.snapshotters),
         ..Object::default()
     })
 }
 
+/// A snapshot keeps its parent, and what its labels reference.
+fn load_snapshots(db: &dyn Reader, snapshotter: &'static str, graph: &mut Graph) -> Result<(), Error> {
+    load_tree(
+        db,
+        Kind::Snapshot(snapshotter),
+        graph,
+        |ns, record: snapshots::Record, graph| {
+            let mut refs = label_refs(ns, &record.labels, &graph.snapshotters);
+            if !record.parent.is_empty() {
+                refs.push(Node::new(Kind::Snapshot(snapshotter), ns, &record.parent));
+            }
+            Object {
+                root: record.labels.contains_key(gc::ROOT_LABEL),
+                refs,
+                ..Object::default()
+            }
+        },
+    )
+}
+
 fn load_ingests(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<(), Error> {
-    load_tree(db, Kind::Ingest, graph, |_, record: content::IngestRecord| Object {
+    load_tree(db, Kind::Ingest, graph, |_, record: content::IngestRecord, _| Object {
         root: record.expires.is_some_and(|t| t > now),
         ..Object::default()
     })
@@ -158,7 +199,7 @@ fn load_ingests(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<(
 fn load_leases(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<(), Error> {
     // An expired lease is not a root; as nothing references a lease, the
     // sweep then removes it along with its resource keys.
-    load_tree(db, Kind::Lease, graph, |_, record: leases::Record| Object {
+    load_tree(db, Kind::Lease, graph, |_, record: leases::Record, _| Object {
         root: !leases::expired(&record.labels, now),
         flat: record.labels.contains_key(leases::FLAT_LABEL),
         ..Object::default()
@@ -170,7 +211,7 @@ fn load_leases(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<()
         };
         match graph.objects.get_mut(&Node::new(Kind::Lease, &ns, &lease)) {
             Some(lease) => {
-                lease.refs.extend(resource_node(&ns, &resource));
+                lease.refs.extend(resource_node(&ns, &resource, &graph.snapshotters));
                 lease.dependents.push((leases::RESOURCES_TREE, key));
             }
             None => graph.dangling.push((leases::RESOURCES_TREE, key)),
@@ -180,19 +221,26 @@ fn load_leases(db: &dyn Reader, now: SystemTime, graph: &mut Graph) -> Result<()
 }
 
 /// The object a lease resource names, if it is of a kind the graph has.
-fn resource_node(ns: &str, resource: &leases::Resource) -> Option<Node> {
+fn resource_node(ns: &str, resource: &leases::Resource, snapshotters: &[&'static str]) -> Option<Node> {
     match resource.kind.as_str() {
         CONTENT_RESOURCE => Some(Node::new(Kind::Content, ns, &resource.id)),
         INGEST_RESOURCE => Some(Node::new(Kind::Ingest, ns, &resource.id)),
-        // `snapshots/<snapshotter>` = key: an edge once snapshots are a kind.
-        _ => None,
+        other => {
+            let snapshotter = snapshotter_of(other.strip_prefix("snapshots/")?, snapshotters)?;
+            Some(Node::new(Kind::Snapshot(snapshotter), ns, &resource.id))
+        }
     }
+}
+
+/// The loaded snapshotter with this name; references to others lead nowhere.
+fn snapshotter_of(name: &str, snapshotters: &[&'static str]) -> Option<&'static str> {
+    snapshotters.iter().copied().find(|s| *s == name)
 }
 
 /// The references `containerd.io/gc.ref.*` labels make, always within the
 /// object's own namespace. Shared by every kind that carries such labels
 /// (content today; images, containers and snapshots when they arrive).
-fn label_refs(ns: &str, labels: &BTreeMap<String, String>) -> Vec<Node> {
+fn label_refs(ns: &str, labels: &BTreeMap<String, String>, snapshotters: &[&'static str]) -> Vec<Node> {
     let mut refs = Vec::new();
     for (key, value) in labels {
         // Any suffix counts (`.l.0`, `.config`, `.m.1`, ...): reading one too
@@ -202,8 +250,11 @@ fn label_refs(ns: &str, labels: &BTreeMap<String, String>) -> Vec<Node> {
                 refs.push(Node::new(Kind::Content, ns, &digest.to_string()));
             }
         }
-        // `gc::SNAPSHOT_REF_PREFIX` + snapshotter = key: an edge once
-        // snapshots are a kind.
+        if let Some(snapshotter) = key.strip_prefix(gc::SNAPSHOT_REF_PREFIX) {
+            if let Some(snapshotter) = snapshotter_of(snapshotter, snapshotters) {
+                refs.push(Node::new(Kind::Snapshot(snapshotter), ns, value));
+            }
+        }
     }
     refs
 }
@@ -222,8 +273,10 @@ mod tests {
             (format!("{}overlayfs", gc::SNAPSHOT_REF_PREFIX), "chain".to_string()),
             ("other".to_string(), d.clone()),
         ]);
-        let refs = label_refs("ns", &labels);
+        let refs = label_refs("ns", &labels, &[]);
         assert_eq!(refs, vec![Node::new(Kind::Content, "ns", &d); 2]);
+        let refs = label_refs("ns", &labels, &["overlayfs"]);
+        assert!(refs.contains(&Node::new(Kind::Snapshot("overlayfs"), "ns", "chain")));
     }
 
     #[test]

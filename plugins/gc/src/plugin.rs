@@ -6,6 +6,7 @@ use corten_core::{
     metadata::MetaStore,
     plugin::{InitContext, InitError, Instance, Plugin},
     register_plugin,
+    snapshots::{self, Snapshotter},
 };
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,7 @@ const CONTENT: &str = "io.containerd.content.v1";
 pub struct GcConfig {
     /// The largest share of time collections may hold the metadata database.
     pub pause_threshold: f64,
-    /// Deletions that make a collection due (0: deletions alone never do).
+    /// Deletions that make a collection due (0: any deletion, as in containerd).
     pub deletion_threshold: u64,
     /// Writes of any kind that make a collection due (0: never).
     pub mutation_threshold: u64,
@@ -74,7 +75,7 @@ pub struct GcPlugin;
 impl Plugin for GcPlugin {
     const TYPE: &'static str = "io.containerd.gc.v1";
     const ID: &'static str = "scheduler";
-    const REQUIRES: &'static [&'static str] = &[METADATA, CONTENT];
+    const REQUIRES: &'static [&'static str] = &[METADATA, CONTENT, snapshots::PLUGIN_TYPE];
     type Config = GcConfig;
 
     async fn init(ctx: InitContext, config: GcConfig) -> Result<Instance, InitError> {
@@ -87,7 +88,9 @@ impl Plugin for GcPlugin {
             .map(|(_, store)| store)
             .collect();
         let metrics = Metrics::new(&ctx.metrics).map_err(|e| InitError::failed("register gc metrics", e))?;
-        let gc = Gc::new(store, content, settings, metrics);
+        let snapshotters: Vec<(&'static str, Arc<dyn Snapshotter>)> =
+            ctx.plugins().get_all::<Arc<dyn Snapshotter>>(snapshots::PLUGIN_TYPE);
+        let gc = Gc::with_snapshotters(store, content, snapshotters, settings, metrics);
         let task = SchedulerTask::start(gc.clone());
         let collector: Arc<dyn Collector> = gc;
         Ok(Instance::new(collector).on_close(move || task.stop()))

@@ -17,6 +17,7 @@ use corten_core::{
     content::ContentStore,
     gc::{Collector, Stats},
     metadata::MetaStore,
+    snapshots::Snapshotter,
     Error,
 };
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
@@ -36,7 +37,7 @@ use crate::{
 pub struct Settings {
     /// The largest share of time collections may hold the database, in (0, 0.5].
     pub pause_threshold: f64,
-    /// Deletions that make a collection due; 0 = deletions alone never do.
+    /// Deletions that make a collection due; 0 = any deletion does (containerd's meaning).
     pub deletion_threshold: u64,
     /// Writes of any kind that make a collection due; 0 = never.
     pub mutation_threshold: u64,
@@ -82,7 +83,7 @@ impl Metrics {
             &["kind"],
         )?;
         // Every kind shows up from the start, at zero, rather than after its first removal.
-        for kind in Kind::ALL.iter().map(|k| k.name()).chain([BLOBS]) {
+        for kind in Kind::NAMES.into_iter().chain([BLOBS]) {
             removed.with_label_values(&[kind]);
         }
         registry.register(Box::new(collections.clone()))?;
@@ -98,8 +99,8 @@ impl Metrics {
     fn record(&self, removed: &Removed, blobs: u64, took: Duration) {
         self.collections.inc();
         self.seconds.observe(took.as_secs_f64());
-        for kind in Kind::ALL {
-            self.removed.with_label_values(&[kind.name()]).inc_by(removed.of(kind));
+        for kind in Kind::NAMES {
+            self.removed.with_label_values(&[kind]).inc_by(removed.named(kind));
         }
         self.removed.with_label_values(&[BLOBS]).inc_by(blobs);
     }
@@ -116,6 +117,7 @@ struct Last {
 pub struct Gc {
     store: Arc<dyn MetaStore>,
     content: Vec<Arc<dyn ContentStore>>,
+    snapshotters: Vec<(&'static str, Arc<dyn Snapshotter>)>,
     settings: Settings,
     metrics: Metrics,
     /// Since the last collection took the lock.
@@ -141,9 +143,21 @@ impl Gc {
         settings: Settings,
         metrics: Metrics,
     ) -> Arc<Gc> {
+        Gc::with_snapshotters(store, content, Vec::new(), settings, metrics)
+    }
+
+    /// The same, also collecting the snapshots of `snapshotters` (by plugin id).
+    pub fn with_snapshotters(
+        store: Arc<dyn MetaStore>,
+        content: Vec<Arc<dyn ContentStore>>,
+        snapshotters: Vec<(&'static str, Arc<dyn Snapshotter>)>,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Arc<Gc> {
         let gc = Arc::new(Gc {
             store,
             content,
+            snapshotters,
             settings,
             metrics,
             mutations: AtomicU64::new(0),
@@ -162,10 +176,14 @@ impl Gc {
         gc
     }
 
+    fn snapshotter_ids(&self) -> Vec<&'static str> {
+        self.snapshotters.iter().map(|(id, _)| *id).collect()
+    }
+
     fn is_due(&self) -> bool {
         let s = &self.settings;
         (s.mutation_threshold > 0 && self.mutations.load(Ordering::SeqCst) >= s.mutation_threshold)
-            || (s.deletion_threshold > 0 && self.deletions.load(Ordering::SeqCst) >= s.deletion_threshold)
+            || self.deletions.load(Ordering::SeqCst) >= s.deletion_threshold.max(1)
     }
 
     /// What remains of the pause the last collection imposes.
@@ -196,7 +214,7 @@ impl Gc {
         let mut removed = Removed::default();
         let swept = self.store.exclusive(&mut |db| {
             let locked = Instant::now();
-            let outcome = sweep::mark_and_sweep(db, SystemTime::now());
+            let outcome = sweep::mark_and_sweep(db, SystemTime::now(), &self.snapshotter_ids());
             // The scan saw every write made before the lock, and the sweep's
             // own removals are not new garbage: counting starts again here,
             // before the lock lets any other writer in. A failed collection
@@ -221,6 +239,12 @@ impl Gc {
                 Ok(n) => blobs += n,
                 // The metadata is consistent already; what stays on disk goes next time.
                 Err(e) => warn!("gc: removing unreferenced blobs: {e}"),
+            }
+        }
+        for (id, snapshotter) in &self.snapshotters {
+            match snapshotter.cleanup() {
+                Ok(n) => debug!(snapshotter = id, removed = n, "gc: cleaned up snapshots"),
+                Err(e) => warn!("gc: cleaning up {id} snapshots: {e}"),
             }
         }
         *lock(&self.last) = Some(Last {

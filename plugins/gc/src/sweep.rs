@@ -2,27 +2,36 @@
 //! and the removal see the same database, so nothing created in between can
 //! be mistaken for garbage.
 
-use std::{collections::HashSet, time::SystemTime};
+use std::{
+    collections::{HashMap, HashSet},
+    time::SystemTime,
+};
 
 use corten_core::{metadata::Exclusive, Error};
 
 use crate::kinds::{self, Graph, Kind, Node};
 
 /// How many objects of each kind one sweep removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Removed([u64; Kind::ALL.len()]);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Removed(HashMap<&'static str, u64>);
 
 impl Removed {
+    /// Removals of objects of this kind (all snapshotters' snapshots count together).
+    #[cfg(test)]
     pub(crate) fn of(&self, kind: Kind) -> u64 {
-        self.0[kind as usize]
+        self.named(kind.name())
+    }
+
+    pub(crate) fn named(&self, name: &str) -> u64 {
+        self.0.get(name).copied().unwrap_or(0)
     }
 
     pub(crate) fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.0.values().sum()
     }
 
     fn add(&mut self, kind: Kind) {
-        self.0[kind as usize] += 1;
+        *self.0.entry(kind.name()).or_default() += 1;
     }
 }
 
@@ -52,21 +61,36 @@ fn mark(graph: &Graph) -> HashSet<&Node> {
 
 /// Loads the graph, marks it, and removes every unmarked object (with its
 /// dependent keys) in one transaction.
-pub(crate) fn mark_and_sweep(db: &dyn Exclusive, now: SystemTime) -> Result<Removed, Error> {
-    let graph = kinds::load(db, now)?;
+pub(crate) fn mark_and_sweep(
+    db: &dyn Exclusive,
+    now: SystemTime,
+    snapshotters: &[&'static str],
+) -> Result<Removed, Error> {
+    let graph = kinds::load(db, now, snapshotters)?;
     let live = mark(&graph);
     let mut removed = Removed::default();
-    let mut doomed: Vec<(&str, &[u8])> = graph.dangling.iter().map(|(t, k)| (*t, k.as_slice())).collect();
+    let mut doomed: Vec<(std::borrow::Cow<'static, str>, &[u8])> = graph
+        .dangling
+        .iter()
+        .map(|(t, k)| (std::borrow::Cow::Borrowed(*t), k.as_slice()))
+        .collect();
     for (node, object) in &graph.objects {
         if live.contains(node) {
             continue;
         }
         removed.add(node.kind);
         doomed.push((node.kind.tree(), &node.key));
-        doomed.extend(object.dependents.iter().map(|(t, k)| (*t, k.as_slice())));
+        doomed.extend(
+            object
+                .dependents
+                .iter()
+                .map(|(t, k)| (std::borrow::Cow::Borrowed(*t), k.as_slice())),
+        );
     }
     if !doomed.is_empty() {
-        db.transact(kinds::TREES, &|txn| {
+        let trees = kinds::trees(snapshotters);
+        let trees: Vec<&str> = trees.iter().map(String::as_str).collect();
+        db.transact(&trees, &|txn| {
             doomed.iter().try_for_each(|(tree, key)| txn.remove(tree, key))
         })?;
     }
@@ -86,11 +110,61 @@ mod tests {
         let mut out = None;
         db.store
             .exclusive(&mut |x| {
-                out = Some(mark_and_sweep(x, SystemTime::now())?);
+                out = Some(mark_and_sweep(x, SystemTime::now(), &[])?);
                 Ok(())
             })
             .unwrap();
         out.unwrap()
+    }
+
+    fn sweep_with(db: &Db, snapshotters: &[&'static str]) -> Removed {
+        let mut out = None;
+        db.store
+            .exclusive(&mut |x| {
+                out = Some(mark_and_sweep(x, SystemTime::now(), snapshotters)?);
+                Ok(())
+            })
+            .unwrap();
+        out.unwrap()
+    }
+
+    #[test]
+    fn snapshots_follow_parents_labels_and_leases() {
+        let db = Db::new();
+        // An image config references its top layer's chain; layers chain by parent.
+        let config = vec![
+            (gc::ROOT_LABEL.to_string(), "yes".to_string()),
+            (format!("{}overlayfs", gc::SNAPSHOT_REF_PREFIX), "top".to_string()),
+        ];
+        db.blob("ns", 1, config);
+        db.snapshot("overlayfs", "ns", "base", "", vec![]);
+        db.snapshot("overlayfs", "ns", "top", "base", vec![]);
+        db.snapshot("overlayfs", "ns", "orphan", "base", vec![]);
+        db.snapshot("overlayfs", "ns", "leased", "", vec![]);
+        db.snapshot(
+            "overlayfs",
+            "ns",
+            "rooted",
+            "",
+            vec![(gc::ROOT_LABEL.to_string(), "x".to_string())],
+        );
+        db.snapshot("native", "ns", "top", "", vec![]);
+        db.lease("ns", "l", vec![], &[("snapshots/overlayfs", "leased")]);
+
+        let removed = sweep_with(&db, &["native", "overlayfs"]);
+        assert_eq!(
+            removed.of(Kind::Snapshot("overlayfs")),
+            2,
+            "the orphan and native's top"
+        );
+        for key in ["base", "top", "leased", "rooted"] {
+            assert!(db.has_snapshot("overlayfs", "ns", key), "{key}");
+        }
+        assert!(!db.has_snapshot("overlayfs", "ns", "orphan"));
+        assert!(
+            !db.has_snapshot("native", "ns", "top"),
+            "a label names one snapshotter only"
+        );
     }
 
     fn root() -> Vec<(String, String)> {

@@ -62,6 +62,30 @@ impl Db {
             .unwrap();
     }
 
+    /// A committed snapshot `key` of snapshotter `sn` with `parent` ("" for none).
+    pub fn snapshot(&self, sn: &str, ns: &str, key: &str, parent: &str, labels: Vec<(String, String)>) {
+        let record = corten_core::snapshots::Record {
+            backend_key: format!("{ns}/1/{key}"),
+            parent: parent.into(),
+            kind: corten_core::snapshots::Kind::Committed,
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
+            labels: labels.into_iter().collect(),
+        };
+        self.raw(
+            &corten_core::snapshots::tree(sn),
+            &metadata::key(ns, key),
+            metadata::encode(&record).unwrap(),
+        );
+    }
+
+    pub fn has_snapshot(&self, sn: &str, ns: &str, key: &str) -> bool {
+        self.store
+            .get(&corten_core::snapshots::tree(sn), &metadata::key(ns, key))
+            .unwrap()
+            .is_some()
+    }
+
     pub fn has_blob(&self, ns: &str, n: usize) -> bool {
         self.store
             .get(content::TREE, &metadata::key(ns, &digest(n)))
