@@ -6,7 +6,8 @@ use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use corten_api::containerd::services::{
-    introspection::v1::introspection_client::IntrospectionClient, namespaces::v1::namespaces_client::NamespacesClient,
+    content::v1::content_client::ContentClient, introspection::v1::introspection_client::IntrospectionClient,
+    leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
     version::v1::version_client::VersionClient,
 };
 use hyper_util::rt::TokioIo;
@@ -128,6 +129,14 @@ impl Connection {
 
     pub fn namespaces(&self) -> NamespacesClient<Channel> {
         NamespacesClient::new(self.channel.clone())
+    }
+
+    pub fn content(&self) -> ContentClient<Channel> {
+        ContentClient::new(self.channel.clone())
+    }
+
+    pub fn leases(&self) -> LeasesClient<Channel> {
+        LeasesClient::new(self.channel.clone())
     }
 }
 

@@ -6,6 +6,7 @@ mod duration;
 mod error;
 mod labels;
 mod output;
+mod progress;
 
 use std::{process::ExitCode, time::Duration};
 

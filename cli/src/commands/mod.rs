@@ -2,6 +2,8 @@
 //! Adding a family means a new file here, a variant in [`Command`] and an
 //! arm in [`run`].
 
+pub mod content;
+pub mod leases;
 pub mod namespaces;
 pub mod plugins;
 pub mod version;
@@ -23,6 +25,11 @@ pub enum Command {
     /// Manage namespaces
     #[command(visible_aliases = ["namespace", "ns"])]
     Namespaces(namespaces::Args),
+    /// Manage blobs in the content store
+    Content(content::Args),
+    /// Manage leases, which keep resources from garbage collection
+    #[command(visible_alias = "lease")]
+    Leases(leases::Args),
 }
 
 /// What every command may need from the global flags.
@@ -43,5 +50,7 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Version(args) => version::run(args, ctx).await,
         Command::Plugins(args) => plugins::run(args, ctx).await,
         Command::Namespaces(args) => namespaces::run(args, ctx).await,
+        Command::Content(args) => content::run(args, ctx).await,
+        Command::Leases(args) => leases::run(args, ctx).await,
     }
 }
