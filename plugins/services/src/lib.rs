@@ -16,12 +16,15 @@ macro_rules! with_limits {
 }
 
 mod content;
+mod convert;
+mod diff;
 mod events;
 mod health;
 mod introspection;
 mod leases;
 mod namespaces;
 pub mod request;
+mod snapshots;
 pub mod status;
 mod version;
 
