@@ -21,6 +21,7 @@ const PROTOS: &[&str] = &[
     "containerd/services/leases/v1/leases.proto",
     "containerd/services/snapshots/v1/snapshots.proto",
     "containerd/services/diff/v1/diff.proto",
+    "containerd/services/images/v1/images.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

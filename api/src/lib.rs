@@ -50,6 +50,11 @@ pub mod containerd {
                 tonic::include_proto!("containerd.services.diff.v1");
             }
         }
+        pub mod images {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
         pub mod namespaces {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.namespaces.v1");

@@ -17,6 +17,7 @@ pub mod filters;
 pub mod gc;
 pub mod grpc;
 pub mod identifiers;
+pub mod images;
 pub mod labels;
 pub mod leases;
 pub mod metadata;

@@ -15,7 +15,7 @@ use std::{
 use corten_core::{
     content,
     digest::Digest,
-    gc, leases,
+    gc, images, leases,
     metadata::{self, Reader},
     snapshots, Error,
 };
@@ -32,11 +32,13 @@ pub(crate) enum Kind {
     Lease,
     /// A snapshot of the snapshotter with this id.
     Snapshot(&'static str),
+    /// Always a root: an image keeps its target and what that references.
+    Image,
 }
 
 impl Kind {
     /// Every `kind` label of the removal metric.
-    pub(crate) const NAMES: [&'static str; 4] = ["content", "ingests", "leases", "snapshots"];
+    pub(crate) const NAMES: [&'static str; 5] = ["content", "ingests", "leases", "snapshots", "images"];
 
     /// The metadata tree whose `<ns>/<id>` keys are objects of this kind.
     pub(crate) fn tree(self) -> Cow<'static, str> {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Ingest => Cow::Borrowed(content::INGESTS_TREE),
             Kind::Lease => Cow::Borrowed(leases::TREE),
             Kind::Snapshot(snapshotter) => Cow::Owned(snapshots::tree(snapshotter)),
+            Kind::Image => Cow::Borrowed(images::TREE),
         }
     }
 
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Ingest => Self::NAMES[1],
             Kind::Lease => Self::NAMES[2],
             Kind::Snapshot(_) => Self::NAMES[3],
+            Kind::Image => Self::NAMES[4],
         }
     }
 }
@@ -122,6 +126,7 @@ pub(crate) fn load(db: &dyn Reader, now: SystemTime, snapshotters: &[&'static st
     for snapshotter in snapshotters {
         load_snapshots(db, snapshotter, &mut graph)?;
     }
+    load_images(db, &mut graph)?;
     // Last, because lease resources attach to leases already in the graph.
     load_leases(db, now, &mut graph)?;
     Ok(graph)
@@ -166,6 +171,19 @@ fn load_content(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
         root: record.labels.contains_key(gc::ROOT_LABEL),
         refs: label_refs(ns, &record.labels, &graph.snapshotters),
         ..Object::default()
+    })
+}
+
+/// Every image is a root for its target and what its labels reference.
+fn load_images(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
+    load_tree(db, Kind::Image, graph, |ns, record: images::Record, graph| {
+        let mut refs = label_refs(ns, &record.labels, &graph.snapshotters);
+        refs.push(Node::new(Kind::Content, ns, &record.digest.to_string()));
+        Object {
+            root: true,
+            refs,
+            ..Object::default()
+        }
     })
 }
 

@@ -20,6 +20,7 @@ mod convert;
 mod diff;
 mod events;
 mod health;
+mod images;
 mod introspection;
 mod leases;
 mod namespaces;

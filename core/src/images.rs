@@ -1,0 +1,192 @@
+//! Images over the metadata store: a name in a namespace for a target
+//! descriptor, the root from which garbage collection keeps its content.
+
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    diff::Descriptor,
+    digest::Digest,
+    filters::Adaptor,
+    identifiers, labels,
+    metadata::{self, MetaStore},
+    namespaces::{self, Namespaces},
+    Error,
+};
+
+/// `<ns>/<name>` -> [`Record`].
+pub const TREE: &str = "images";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub target: Descriptor,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// Filter fields: `name`, `target.digest`, `target.mediatype`, `labels.<key>`.
+impl Adaptor for Image {
+    fn field(&self, path: &[String]) -> Option<String> {
+        match path {
+            [f] if f == "name" => Some(self.name.clone()),
+            [f, g] if f == "target" && g == "digest" => Some(self.target.digest.to_string()),
+            [f, g] if f == "target" && g == "mediatype" => Some(self.target.media_type.clone()),
+            [f, rest @ ..] if f == "labels" && !rest.is_empty() => self.labels.get(&rest.join(".")).cloned(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub labels: BTreeMap<String, String>,
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub annotations: BTreeMap<String, String>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+impl Record {
+    fn into_image(self, name: String) -> Image {
+        Image {
+            name,
+            labels: self.labels,
+            target: Descriptor {
+                media_type: self.media_type,
+                digest: self.digest,
+                size: self.size,
+                annotations: self.annotations,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// The longest image name accepted.
+pub const MAX_NAME_LEN: usize = 4096;
+
+fn validate(image: &Image) -> Result<(), Error> {
+    if image.name.is_empty() {
+        return Err(Error::InvalidArgument("image name must not be empty".into()));
+    }
+    if image.name.len() > MAX_NAME_LEN || image.name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!("invalid image name {:?}", image.name)));
+    }
+    if image.target.media_type.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "image {:?}: target media type must be set",
+            image.name
+        )));
+    }
+    labels::validate(&image.labels)
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!("image {name:?}"))
+}
+
+#[derive(Clone)]
+pub struct Images {
+    store: Arc<dyn MetaStore>,
+}
+
+impl Images {
+    pub fn new(store: Arc<dyn MetaStore>) -> Self {
+        Images { store }
+    }
+
+    pub fn get(&self, ns: &str, name: &str) -> Result<Image, Error> {
+        identifiers::validate(ns)?;
+        let bytes = self
+            .store
+            .get(TREE, &metadata::key(ns, name))?
+            .ok_or_else(|| not_found(name))?;
+        Ok(metadata::decode::<Record>(&bytes)?.into_image(name.to_string()))
+    }
+
+    pub fn list(&self, ns: &str) -> Result<Vec<Image>, Error> {
+        identifiers::validate(ns)?;
+        let prefix = metadata::key(ns, "");
+        self.store
+            .scan_prefix(TREE, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok(metadata::decode::<Record>(&v)?.into_image(name))
+            })
+            .collect()
+    }
+
+    pub fn create(&self, ns: &str, image: &Image) -> Result<Image, Error> {
+        identifiers::validate(ns)?;
+        validate(image)?;
+        let now = SystemTime::now();
+        let record = Record {
+            labels: image.labels.clone(),
+            media_type: image.target.media_type.clone(),
+            digest: image.target.digest.clone(),
+            size: image.target.size,
+            annotations: image.target.annotations.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        let bytes = metadata::encode(&record)?;
+        let key = metadata::key(ns, &image.name);
+        self.store.transact(&[TREE, namespaces::TREE], &|txn| {
+            Namespaces::ensure(txn, ns)?;
+            if txn.get(TREE, &key)?.is_some() {
+                return Err(Error::AlreadyExists(format!("image {:?}", image.name)));
+            }
+            txn.insert(TREE, &key, bytes.clone())
+        })?;
+        Ok(record.into_image(image.name.clone()))
+    }
+
+    /// `labels`, `labels.<key>` and `target` may change; no paths means all.
+    pub fn update(&self, ns: &str, image: &Image, paths: &[String]) -> Result<Image, Error> {
+        identifiers::validate(ns)?;
+        let key = metadata::key(ns, &image.name);
+        let updated = RefCell::new(None);
+        self.store.transact(&[TREE], &|txn| {
+            let bytes = txn.get(TREE, &key)?.ok_or_else(|| not_found(&image.name))?;
+            let mut record: Record = metadata::decode(&bytes)?;
+            let (target, label_paths): (Vec<&String>, Vec<&String>) = paths
+                .iter()
+                .partition(|p| p.as_str() == "target" || p.starts_with("target."));
+            if paths.is_empty() || !target.is_empty() {
+                if image.target.media_type.is_empty() {
+                    return Err(Error::InvalidArgument("image target media type must be set".into()));
+                }
+                record.media_type = image.target.media_type.clone();
+                record.digest = image.target.digest.clone();
+                record.size = image.target.size;
+                record.annotations = image.target.annotations.clone();
+            }
+            let label_paths: Vec<String> = label_paths.into_iter().cloned().collect();
+            if paths.is_empty() || !label_paths.is_empty() {
+                labels::apply_update(&mut record.labels, &image.labels, &label_paths)?;
+            }
+            record.updated_at = SystemTime::now();
+            txn.insert(TREE, &key, metadata::encode(&record)?)?;
+            *updated.borrow_mut() = Some(record);
+            Ok(())
+        })?;
+        let record = updated.into_inner().expect("a committed update sets the record");
+        Ok(record.into_image(image.name.clone()))
+    }
+
+    pub fn delete(&self, ns: &str, name: &str) -> Result<(), Error> {
+        identifiers::validate(ns)?;
+        let key = metadata::key(ns, name);
+        self.store.transact(&[TREE], &|txn| {
+            txn.get(TREE, &key)?.ok_or_else(|| not_found(name))?;
+            txn.remove(TREE, &key)
+        })
+    }
+}
