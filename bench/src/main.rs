@@ -4,6 +4,7 @@
 //! compares numbers taken on different machines or at different times.
 
 mod daemon;
+mod ingest;
 mod machine;
 mod probe;
 mod proc_status;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Cold start to the first answered Version RPC, and idle memory
     Startup(startup::Args),
+    /// A large blob through the Content API (and ctr), against the disk's limit
+    Ingest(ingest::Args),
 }
 
 /// How results are printed; shared by every benchmark.
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Startup(args) => startup::run(args),
+        Command::Ingest(args) => ingest::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

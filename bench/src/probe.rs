@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use corten_api::containerd::services::version::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 /// Asks a daemon for its version over a fresh connection each time.
 pub struct Prober;
@@ -34,15 +34,21 @@ impl Prober {
 }
 
 async fn call(socket: std::path::PathBuf) -> anyhow::Result<String> {
+    let channel = connect(socket).await?;
+    let reply = VersionClient::new(channel).version(()).await.context("Version RPC")?;
+    Ok(reply.into_inner().version)
+}
+
+/// A gRPC channel over a unix socket, connected (HTTP/2 handshake done) on
+/// return.
+pub async fn connect(socket: std::path::PathBuf) -> anyhow::Result<Channel> {
     // The URI is never dialled: the connector below ignores it, but tonic
     // needs one to build HTTP/2 requests.
-    let channel = Endpoint::from_static("http://[::]:50051")
+    Endpoint::from_static("http://[::]:50051")
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
-        .context("connect")?;
-    let reply = VersionClient::new(channel).version(()).await.context("Version RPC")?;
-    Ok(reply.into_inner().version)
+        .context("connect")
 }

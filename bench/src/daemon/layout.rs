@@ -1,6 +1,6 @@
 //! One run's private directories, removed when the run ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use tempfile::TempDir;
@@ -9,6 +9,8 @@ use tempfile::TempDir;
 /// inherits state (a warm metadata database, a stale socket) from another.
 pub struct Layout {
     dir: TempDir,
+    /// Holds `root` and `state` when they live on another filesystem.
+    _data: Option<TempDir>,
     pub root: PathBuf,
     pub state: PathBuf,
     pub socket: PathBuf,
@@ -17,7 +19,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(daemon: &str) -> anyhow::Result<Layout> {
+    /// With `data`, `root` and `state` go into a new directory under it,
+    /// while the socket, config and log stay under /tmp: benchmarks that
+    /// write to the daemon's root need it on a chosen (disk-backed)
+    /// filesystem, and a chosen path could be too long for a socket.
+    pub fn with_data_in(daemon: &str, data: Option<&Path>) -> anyhow::Result<Layout> {
         // Under /tmp, not a deep work tree: unix socket paths must fit in
         // 108 bytes, and containerd appends ".ttrpc" to one.
         let dir = tempfile::Builder::new()
@@ -25,13 +31,23 @@ impl Layout {
             .tempdir_in("/tmp")
             .context("create a temporary directory")?;
         let base = dir.path().to_path_buf();
+        let data = data
+            .map(|parent| {
+                tempfile::Builder::new()
+                    .prefix(&format!("corten-bench-{daemon}-"))
+                    .tempdir_in(parent)
+                    .with_context(|| format!("create a temporary directory in {}", parent.display()))
+            })
+            .transpose()?;
+        let data_base = data.as_ref().map_or_else(|| base.clone(), |d| d.path().to_path_buf());
         Ok(Layout {
-            root: base.join("root"),
-            state: base.join("state"),
+            root: data_base.join("root"),
+            state: data_base.join("state"),
             socket: base.join("grpc.sock"),
             config: base.join("config.toml"),
             log: base.join("daemon.log"),
             dir,
+            _data: data,
         })
     }
 

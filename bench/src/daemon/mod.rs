@@ -71,7 +71,13 @@ impl Subject {
     /// Writes a fresh config under a new temporary directory and execs the
     /// daemon; `Running::started` is taken right before the exec.
     pub fn launch(&self) -> anyhow::Result<Running> {
-        let layout = Layout::new(self.kind.name())?;
+        self.launch_with_data_in(None)
+    }
+
+    /// As `launch`, with the daemon's root and state in a new directory
+    /// under `data` (see `Layout::with_data_in`).
+    pub fn launch_with_data_in(&self, data: Option<&std::path::Path>) -> anyhow::Result<Running> {
+        let layout = Layout::with_data_in(self.kind.name(), data)?;
         let command: Command = match self.kind {
             Kind::Corten => corten::command(&self.binary, &layout)?,
             Kind::Containerd => containerd::command(&self.binary, &layout)?,

@@ -52,6 +52,11 @@ impl Running {
         })
     }
 
+    /// The daemon's gRPC socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.layout.socket
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("daemon already reaped").id()
     }
