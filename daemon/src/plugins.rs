@@ -4,9 +4,11 @@
 
 pub fn link() {
     corten_content::link();
+    corten_diff::link();
     corten_events::link();
     corten_gc::link();
     corten_leases::link();
     corten_metadata::link();
     corten_services::link();
+    corten_snapshots::link();
 }

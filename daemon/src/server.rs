@@ -14,6 +14,9 @@ use tonic::service::{Routes, RoutesBuilder};
 
 use crate::metrics::{GrpcMetrics, MetricsLayer};
 
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// How long in-flight RPCs may run on after a stop is asked for; streams
 /// such as event subscriptions never end by themselves.
 const GRACE: Duration = Duration::from_secs(10);
@@ -38,6 +41,10 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stopping, stopped) = oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        // Large windows let a client stream blobs without waiting for
+        // flow-control updates every 64 KiB.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(MetricsLayer::new(metrics))
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {

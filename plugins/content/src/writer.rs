@@ -9,6 +9,7 @@ use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
     io::{Seek, SeekFrom, Write},
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::Arc,
     time::SystemTime,
@@ -28,6 +29,25 @@ use crate::{
     plugin::SharingPolicy,
     store::Inner,
 };
+
+/// Bytes written between two writeback starts.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing `len` bytes from `from` to disk now,
+/// without waiting: data then reaches the disk while more arrives, and the
+/// fsync at commit finds little left to do. Only advisory, so a failure is
+/// ignored (the fsync still makes the data durable).
+fn start_writeback(file: &File, from: u64, len: u64) {
+    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes plain integers and reads no memory of
+    // ours; the descriptor belongs to `file`, which outlives the call.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc != 0 {
+        tracing::debug!("start writeback: {}", std::io::Error::last_os_error());
+    }
+}
 
 /// How long an ingest written without a lease stays a GC root.
 const UNLEASED_INGEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -85,6 +105,8 @@ pub struct IngestWriter {
     /// The size of an already stored blob this ingest may complete with
     /// without any bytes (shared content policy).
     shared: Option<u64>,
+    /// Where the writeback started so far ends.
+    written_back: u64,
     done: bool,
     _lock: RefLock,
 }
@@ -122,7 +144,10 @@ impl IngestWriter {
         }
         // Without a lease, an ingest protects itself for a day so a collection
         // cannot drop it while it is being written.
-        let expires = options.lease.is_none().then(|| SystemTime::now() + UNLEASED_INGEST_LIFETIME);
+        let expires = options
+            .lease
+            .is_none()
+            .then(|| SystemTime::now() + UNLEASED_INGEST_LIFETIME);
         let record = metadata::encode(&IngestRecord { expires })?;
         inner.meta.transact(TREES, &|txn| {
             Namespaces::ensure(txn, ns)?;
@@ -190,6 +215,7 @@ impl IngestWriter {
             updated_at,
             lease: options.lease,
             shared,
+            written_back: offset,
             done: false,
             _lock: lock,
         })
@@ -239,6 +265,7 @@ impl Writer for IngestWriter {
             self.file.seek(SeekFrom::Start(0)).map_err(io_err("truncate ingest"))?;
             self.hasher = Hasher::new(self.hasher.algorithm());
             self.offset = 0;
+            self.written_back = 0;
         }
         let end = offset + data.len() as u64;
         if self.meta.total > 0 && end > self.meta.total {
@@ -250,6 +277,10 @@ impl Writer for IngestWriter {
         self.file.write_all(data).map_err(io_err("write ingest data"))?;
         self.hasher.update(data);
         self.offset = end;
+        if self.offset - self.written_back >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.written_back, self.offset - self.written_back);
+            self.written_back = self.offset;
+        }
         self.shared = None;
         self.updated_at = SystemTime::now();
         Ok(())

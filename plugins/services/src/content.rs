@@ -66,11 +66,8 @@ fn status_msg(status: IngestStatus) -> StatusMsg {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Runs blocking writer work on this worker thread without stalling the
-/// others: the writer is owned by one stream and used in turn.
-fn on_disk<T>(f: impl FnOnce() -> Result<T, corten_core::Error>) -> Result<T, Status> {
-    tokio::task::block_in_place(f).map_err(to_status)
-}
+/// Messages of one Write stream queued between receiving and writing.
+const WRITE_QUEUE: usize = 8;
 
 #[tonic::async_trait]
 impl Content for ContentService {
@@ -231,25 +228,31 @@ impl Content for ContentService {
         let (store, reference) = (self.store.clone(), first.r#ref.clone());
         let writer = blocking(move || store.writer(&ns, &reference, options)).await?;
 
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
+        // Two stages, one per core: this task receives and decodes messages,
+        // a blocking thread writes and hashes them.
+        let (requests, mut pending) = mpsc::channel::<WriteContentRequest>(WRITE_QUEUE);
+        let (answers, rx) = mpsc::channel(WRITE_QUEUE);
+        let failed = answers.clone();
+        tokio::task::spawn_blocking(move || {
             let mut session = WriteSession { writer };
+            while let Some(message) = pending.blocking_recv() {
+                let answer = session.handle(message);
+                let done = answer.as_ref().map_or(true, |a| a.action == WriteAction::Commit as i32);
+                if answers.blocking_send(answer).is_err() || done {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
             let mut next = Some(first);
             while let Some(message) = next.take() {
-                let (answer, done) = match session.handle(message) {
-                    Ok(answer) => {
-                        let done = answer.action == WriteAction::Commit as i32;
-                        (Ok(answer), done)
-                    }
-                    Err(e) => (Err(e), true),
-                };
-                if tx.send(answer).await.is_err() || done {
-                    return;
+                if requests.send(message).await.is_err() {
+                    return; // the writer stopped: committed or failed
                 }
                 next = match incoming.message().await {
                     Ok(m) => m,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = failed.send(Err(e)).await;
                         return;
                     }
                 };
@@ -287,15 +290,15 @@ impl WriteSession {
             WriteAction::Stat => digest = Some(writer.digest()),
             WriteAction::Write => {
                 let offset = message.offset.max(0) as u64;
-                on_disk(|| writer.write_at(offset, &message.data))?;
+                writer.write_at(offset, &message.data).map_err(to_status)?;
             }
             WriteAction::Commit => {
                 if !message.data.is_empty() {
                     let offset = message.offset.max(0) as u64;
-                    on_disk(|| writer.write_at(offset, &message.data))?;
+                    writer.write_at(offset, &message.data).map_err(to_status)?;
                 }
                 let labels = message.labels.into_iter().collect();
-                digest = Some(on_disk(|| writer.commit(labels))?);
+                digest = Some(writer.commit(labels).map_err(to_status)?);
             }
         }
         let status = writer.status().map_err(to_status)?;
