@@ -118,7 +118,8 @@ pub trait Snapshotter: Send + Sync + 'static {
     fn usage(&self, ns: &str, key: &str) -> Result<Usage, Error>;
     fn mounts(&self, ns: &str, key: &str) -> Result<Vec<Mount>, Error>;
     /// `parent` is empty for none; a missing parent is NotFound, one that is
-    /// not committed FailedPrecondition; an existing key is AlreadyExists.
+    /// not committed InvalidArgument (as containerd answers); an existing key
+    /// is AlreadyExists.
     fn prepare(
         &self,
         ns: &str,

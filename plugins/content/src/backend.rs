@@ -26,7 +26,7 @@ pub struct Backend {
 /// What an ingest directory remembers besides its data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IngestMeta {
-    /// `<ns>/<ref>`, to find which ingest a directory belongs to.
+    /// `<ns>/<ref>`, for whoever inspects the directory by hand.
     pub key: String,
     pub started_at: SystemTime,
     pub total: u64,
@@ -124,14 +124,12 @@ impl Backend {
         Ok(out)
     }
 
-    /// Every ingest directory with its key (None when its metadata is unreadable).
-    pub fn ingests(&self) -> Result<Vec<(PathBuf, Option<String>)>, Error> {
+    /// Every ingest directory.
+    pub fn ingests(&self) -> Result<Vec<PathBuf>, Error> {
         let dir = self.root.join("ingest");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("list ingests"))? {
-            let path = entry.map_err(io_err("list ingests"))?.path();
-            let key = read_meta(&path).ok().map(|m| m.key);
-            out.push((path, key));
+            out.push(entry.map_err(io_err("list ingests"))?.path());
         }
         Ok(out)
     }

@@ -222,6 +222,8 @@ impl ContentStore for LocalContent {
                 removed += 1;
             }
         }
+        // Live ingests are matched by directory, not by what the directory
+        // holds: a writer creates its directory before its metadata file.
         let mut live: HashSet<String> = self
             .inner
             .meta
@@ -237,8 +239,9 @@ impl ContentStore for LocalContent {
                 .iter()
                 .cloned(),
         );
-        for (dir, key) in self.inner.backend.ingests()? {
-            if key.is_none_or(|k| !live.contains(&k)) {
+        let live_dirs: HashSet<_> = live.iter().map(|key| self.inner.backend.ingest_dir(key)).collect();
+        for dir in self.inner.backend.ingests()? {
+            if !live_dirs.contains(&dir) {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!("remove stale ingest {}: {e}", dir.display());
                 }

@@ -268,3 +268,17 @@ fn verify_finds_corruption_and_missing_blobs() {
     let problems = f.store.verify().unwrap();
     assert!(problems.iter().any(|p| p.contains("has no blob")), "{problems:?}");
 }
+
+#[test]
+fn sweep_spares_an_open_ingest_even_before_its_metadata_exists() {
+    let f = fixture(SharingPolicy::Shared);
+    let mut w = f.store.writer("ns", "r", WriteOptions::default()).unwrap();
+    // The state between a writer creating its directory and writing its
+    // metadata file: the sweep must judge by the live ref, not the files.
+    for dir in std::fs::read_dir(f.dir.path().join("content/ingest")).unwrap() {
+        std::fs::remove_file(dir.unwrap().path().join("meta.json")).unwrap();
+    }
+    f.store.sweep_backend().unwrap();
+    w.write_at(0, b"hello").unwrap();
+    assert_eq!(w.commit(BTreeMap::new()).unwrap(), hello());
+}
