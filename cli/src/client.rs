@@ -6,8 +6,9 @@ use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use corten_api::containerd::services::{
-    content::v1::content_client::ContentClient, introspection::v1::introspection_client::IntrospectionClient,
-    leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
+    content::v1::content_client::ContentClient, diff::v1::diff_client::DiffClient,
+    introspection::v1::introspection_client::IntrospectionClient, leases::v1::leases_client::LeasesClient,
+    namespaces::v1::namespaces_client::NamespacesClient, snapshots::v1::snapshots_client::SnapshotsClient,
     version::v1::version_client::VersionClient,
 };
 use hyper_util::rt::TokioIo;
@@ -137,6 +138,14 @@ impl Connection {
 
     pub fn leases(&self) -> LeasesClient<Channel> {
         LeasesClient::new(self.channel.clone())
+    }
+
+    pub fn snapshots(&self) -> SnapshotsClient<Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    pub fn diff(&self) -> DiffClient<Channel> {
+        DiffClient::new(self.channel.clone())
     }
 }
 

@@ -5,6 +5,7 @@ mod commands;
 mod duration;
 mod error;
 mod labels;
+mod mounts;
 mod output;
 mod progress;
 

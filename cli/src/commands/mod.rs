@@ -6,6 +6,7 @@ pub mod content;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;
+pub mod snapshots;
 pub mod version;
 
 use clap::Subcommand;
@@ -30,6 +31,9 @@ pub enum Command {
     /// Manage leases, which keep resources from garbage collection
     #[command(visible_alias = "lease")]
     Leases(leases::Args),
+    /// Manage snapshots: the filesystems containers run on
+    #[command(visible_aliases = ["snapshot", "snap"])]
+    Snapshots(snapshots::Args),
 }
 
 /// What every command may need from the global flags.
@@ -52,5 +56,6 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Namespaces(args) => namespaces::run(args, ctx).await,
         Command::Content(args) => content::run(args, ctx).await,
         Command::Leases(args) => leases::run(args, ctx).await,
+        Command::Snapshots(args) => snapshots::run(args, ctx).await,
     }
 }
