@@ -23,6 +23,30 @@ pub const EXPIRE_LABEL: &str = "containerd.io/gc.expire";
 /// Keeps only the listed resources, not what they reference.
 pub const FLAT_LABEL: &str = "containerd.io/gc.flat";
 
+/// The longest lease id accepted.
+pub const MAX_ID_LEN: usize = 1024;
+
+/// Lease ids are opaque, as containerd treats them: its own clients use
+/// paths (`ctr images mount` names the lease after its target) and random
+/// ids outside the identifier rule. They must not be empty, overlong, or
+/// hold control characters (NUL separates the parts of resource keys).
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument("lease id must not be empty".into()));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "lease id longer than {MAX_ID_LEN} bytes"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "lease id {id:?} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
     pub id: String,
@@ -134,6 +158,22 @@ mod tests {
         assert_eq!(parse_resource_key(&key), Some(("ns".into(), "l1".into(), r)));
         assert!(key.starts_with(&resource_prefix("ns", "l1")));
         assert!(!key.starts_with(&resource_prefix("ns", "l")));
+    }
+
+    #[test]
+    fn ids_are_opaque_but_bounded() {
+        for ok in ["/tmp/x/rootfs", "429744575-_Ksn", "465572956--G-d", "a b"] {
+            assert!(validate_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a\0b", "a\nb", &"x".repeat(MAX_ID_LEN + 1)] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+        // An id with '/' cannot reach into another lease's resources.
+        let r = Resource {
+            id: "x".into(),
+            kind: "content".into(),
+        };
+        assert!(!resource_key("ns", "a/b", &r).starts_with(&resource_prefix("ns", "a")));
     }
 
     #[test]

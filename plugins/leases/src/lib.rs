@@ -68,7 +68,7 @@ impl LeaseManager for Leases {
     fn create(&self, ns: &str, id: &str, labels: BTreeMap<String, String>) -> Result<Lease, Error> {
         identifiers::validate(ns)?;
         let id = if id.is_empty() { generate_id() } else { id.to_string() };
-        identifiers::validate(&id)?;
+        leases::validate_id(&id)?;
         labels::validate(&labels)?;
         let lease = Lease {
             id: id.clone(),
@@ -92,7 +92,7 @@ impl LeaseManager for Leases {
 
     fn delete(&self, ns: &str, id: &str) -> Result<(), Error> {
         identifiers::validate(ns)?;
-        identifiers::validate(id)?;
+        leases::validate_id(id)?;
         let resources: Vec<Vec<u8>> = self
             .meta
             .scan_prefix(leases::RESOURCES_TREE, &leases::resource_prefix(ns, id))?
@@ -123,7 +123,7 @@ impl LeaseManager for Leases {
 
     fn add_resource(&self, ns: &str, id: &str, resource: &Resource) -> Result<(), Error> {
         identifiers::validate(ns)?;
-        identifiers::validate(id)?;
+        leases::validate_id(id)?;
         validate_resource(resource)?;
         self.meta
             .transact(TREES, &|txn| leases::add_resource(txn, ns, id, resource))
@@ -131,7 +131,7 @@ impl LeaseManager for Leases {
 
     fn delete_resource(&self, ns: &str, id: &str, resource: &Resource) -> Result<(), Error> {
         identifiers::validate(ns)?;
-        identifiers::validate(id)?;
+        leases::validate_id(id)?;
         validate_resource(resource)?;
         self.meta.transact(TREES, &|txn| {
             Self::require(txn, ns, id)?;
@@ -141,7 +141,7 @@ impl LeaseManager for Leases {
 
     fn list_resources(&self, ns: &str, id: &str) -> Result<Vec<Resource>, Error> {
         identifiers::validate(ns)?;
-        identifiers::validate(id)?;
+        leases::validate_id(id)?;
         if self.meta.get(leases::TREE, &metadata::key(ns, id))?.is_none() {
             return Err(not_found(id));
         }
@@ -192,10 +192,14 @@ mod tests {
             Err(Error::AlreadyExists(_))
         ));
         assert!(matches!(
-            m.create("ns", "bad/id", BTreeMap::new()),
+            m.create("ns", "bad\0id", BTreeMap::new()),
             Err(Error::InvalidArgument(_))
         ));
         assert_eq!(m.list("ns").unwrap().len(), 2);
+        // containerd's own clients use paths and such as lease ids.
+        m.create("ns", "/tmp/target/rootfs", BTreeMap::new()).unwrap();
+        assert!(m.list_resources("ns", "/tmp/target/rootfs").unwrap().is_empty());
+        m.delete("ns", "/tmp/target/rootfs").unwrap();
         assert!(m.list("other").unwrap().is_empty());
 
         let digest = format!("sha256:{}", "a".repeat(64));

@@ -27,7 +27,7 @@ pub fn lease(metadata: &MetadataMap) -> Result<Option<String>, Status> {
     let lease = value
         .to_str()
         .map_err(|_| Status::invalid_argument("lease header is not valid text"))?;
-    identifiers::validate(lease).map_err(|e| Status::invalid_argument(format!("lease validation: {e}")))?;
+    corten_core::leases::validate_id(lease).map_err(|e| Status::invalid_argument(format!("lease validation: {e}")))?;
     Ok(Some(lease.to_string()))
 }
 
