@@ -17,6 +17,8 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 
+pub mod registry;
+
 /// How long a daemon may take to come up or go down before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
