@@ -14,6 +14,7 @@ use corten_api::containerd::{
     services::{
         content::v1::{content_client::ContentClient, WriteAction, WriteContentRequest},
         diff::v1::{diff_client::DiffClient, ApplyRequest},
+        leases::v1::{leases_client::LeasesClient, CreateRequest},
         snapshots::v1::{
             snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest, ViewSnapshotRequest,
         },
@@ -144,12 +145,28 @@ fn image() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Every request runs under one lease, as containerd's clients work: what
+/// it creates cannot be collected half-built.
 fn namespaced<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("containerd-namespace", "layers".parse().unwrap());
+    metadata.insert("containerd-lease", LEASE.parse().unwrap());
+    request
+}
+
+const LEASE: &str = "layers-test";
+
+async fn create_lease(channel: &Channel) {
+    let mut leases = LeasesClient::new(channel.clone());
+    let mut request = tonic::Request::new(CreateRequest {
+        id: LEASE.into(),
+        labels: Default::default(),
+    });
     request
         .metadata_mut()
         .insert("containerd-namespace", "layers".parse().unwrap());
-    request
+    leases.create(request).await.unwrap();
 }
 
 async fn channel(d: &Daemon) -> Channel {
@@ -328,16 +345,18 @@ fn xattr_list(path: &Path) -> Vec<String> {
 fn overlayfs_and_native_unpack_identical_trees() {
     let d = Daemon::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let layers = rt.block_on(async {
+        let channel = channel(&d).await;
+        create_lease(&channel).await;
+        let mut layers = Vec::new();
+        for blob in image() {
+            layers.push(ingest(&channel, &blob).await);
+        }
+        layers
+    });
     let mut trees = Vec::new();
     for sn in ["overlayfs", "native"] {
-        let mounts = rt.block_on(async {
-            let channel = channel(&d).await;
-            let mut layers = Vec::new();
-            for blob in image() {
-                layers.push(ingest(&channel, &blob).await);
-            }
-            unpack(&channel, sn, &layers).await
-        });
+        let mounts = rt.block_on(async { unpack(&channel(&d).await, sn, &layers).await });
         let target = d.dir.path().join(format!("view-{sn}"));
         mount_all(&mounts, &target);
         let tree = describe(&target);
