@@ -64,10 +64,15 @@ pub trait Writer: Send {
     fn status(&self) -> Result<Status, Error>;
     /// Writes at `offset`, which must be the current end (append) or 0 (start over).
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
+    /// The same, taking the buffer, which spares a writer that hands data
+    /// to another thread a copy.
+    fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<(), Error> {
+        self.write_at(offset, &data)
+    }
     /// Sets the expected total and digest seen on later messages.
     fn expect(&mut self, total: u64, expected: Option<Digest>);
     /// The digest of what has been written so far.
-    fn digest(&self) -> Digest;
+    fn digest(&mut self) -> Digest;
     /// Verifies size and digest, stores the blob durably and records it in
     /// the namespace with `labels`. A digest the namespace already has is
     /// AlreadyExists; a mismatch is FailedPrecondition and stores nothing.

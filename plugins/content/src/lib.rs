@@ -2,7 +2,7 @@
 //! filesystem, and which namespace sees which, in the metadata store.
 //!
 //! - `backend`: the files: `blobs/<alg>/<hex>`, `ingest/<hash of ref>/`;
-//! - `hasher`: digests computed while writing;
+//! - `hasher`, `hashpipe`: digests computed while writing, on their own thread;
 //! - `writer`: one ingest, resumable, verified and renamed into place;
 //! - `store`: the namespaced [`ContentStore`] the services use;
 //! - `plugin`: the registration and config.
@@ -11,6 +11,7 @@
 
 mod backend;
 mod hasher;
+mod hashpipe;
 mod plugin;
 mod store;
 mod writer;

@@ -26,6 +26,7 @@ use corten_core::{
 use crate::{
     backend::{io_err, read_meta, write_meta, IngestMeta},
     hasher::Hasher,
+    hashpipe::HashPipe,
     plugin::SharingPolicy,
     store::Inner,
 };
@@ -96,7 +97,7 @@ pub struct IngestWriter {
     reference: String,
     dir: PathBuf,
     file: File,
-    hasher: Hasher,
+    hasher: HashPipe,
     offset: u64,
     meta: IngestMeta,
     expected: Option<Digest>,
@@ -208,7 +209,7 @@ impl IngestWriter {
             reference: reference.to_string(),
             dir,
             file,
-            hasher,
+            hasher: HashPipe::new(hasher),
             offset,
             meta,
             expected,
@@ -250,6 +251,10 @@ impl Writer for IngestWriter {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.write_owned(offset, data.to_vec())
+    }
+
+    fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<(), Error> {
         self.check_open()?;
         if data.is_empty() {
             return Ok(());
@@ -263,7 +268,7 @@ impl Writer for IngestWriter {
             }
             self.file.set_len(0).map_err(io_err("truncate ingest"))?;
             self.file.seek(SeekFrom::Start(0)).map_err(io_err("truncate ingest"))?;
-            self.hasher = Hasher::new(self.hasher.algorithm());
+            self.hasher = HashPipe::new(Hasher::new(self.hasher.algorithm()));
             self.offset = 0;
             self.written_back = 0;
         }
@@ -274,8 +279,8 @@ impl Writer for IngestWriter {
                 self.reference, self.meta.total
             )));
         }
-        self.file.write_all(data).map_err(io_err("write ingest data"))?;
-        self.hasher.update(data);
+        self.file.write_all(&data).map_err(io_err("write ingest data"))?;
+        self.hasher.push(data);
         self.offset = end;
         if self.offset - self.written_back >= WRITEBACK_STEP {
             start_writeback(&self.file, self.written_back, self.offset - self.written_back);
@@ -297,7 +302,7 @@ impl Writer for IngestWriter {
                 // Rare: the client named another algorithm late; re-read the data in it.
                 if let Ok(file) = File::open(self.dir.join("data")) {
                     if let Ok((hasher, _)) = Hasher::of_reader(d.algorithm(), file) {
-                        self.hasher = hasher;
+                        self.hasher = HashPipe::new(hasher);
                     }
                 }
             }
@@ -315,8 +320,8 @@ impl Writer for IngestWriter {
         }
     }
 
-    fn digest(&self) -> Digest {
-        self.hasher.digest()
+    fn digest(&mut self) -> Digest {
+        self.hasher.hasher().digest()
     }
 
     fn commit(&mut self, labels: BTreeMap<String, String>) -> Result<Digest, Error> {
@@ -325,7 +330,7 @@ impl Writer for IngestWriter {
         let total = self.meta.total;
         let (digest, size, shared) = match (self.shared_size(), &self.expected) {
             (Some(size), Some(expected)) => (expected.clone(), size, true),
-            _ => (self.hasher.digest(), self.offset, false),
+            _ => (self.hasher.hasher().digest(), self.offset, false),
         };
         if total > 0 && size != total {
             return Err(Error::FailedPrecondition(format!(

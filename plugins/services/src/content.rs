@@ -290,12 +290,12 @@ impl WriteSession {
             WriteAction::Stat => digest = Some(writer.digest()),
             WriteAction::Write => {
                 let offset = message.offset.max(0) as u64;
-                writer.write_at(offset, &message.data).map_err(to_status)?;
+                writer.write_owned(offset, message.data).map_err(to_status)?;
             }
             WriteAction::Commit => {
                 if !message.data.is_empty() {
                     let offset = message.offset.max(0) as u64;
-                    writer.write_at(offset, &message.data).map_err(to_status)?;
+                    writer.write_owned(offset, message.data).map_err(to_status)?;
                 }
                 let labels = message.labels.into_iter().collect();
                 digest = Some(writer.commit(labels).map_err(to_status)?);
