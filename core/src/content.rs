@@ -106,8 +106,10 @@ pub trait ContentStore: Send + Sync + 'static {
 /// The longest ingest reference accepted.
 pub const MAX_REF_LEN: usize = 512;
 
-/// Ingest references name keys and, hashed, directories: they must be
-/// printable, with no `/`, and not `.` or `..`.
+/// Ingest references name keys and, hashed, directories, so none becomes a
+/// path. `/` is allowed because containerd's own clients use it
+/// (`ctr images import` writes `tar-blobs/sha256/...`); refused are empty and
+/// overlong refs, control characters, and `.` or `..` components.
 pub fn validate_ref(reference: &str) -> Result<(), Error> {
     let bad = |why: &str| Error::InvalidArgument(format!("invalid ref {reference:?}: {why}"));
     if reference.is_empty() {
@@ -116,11 +118,11 @@ pub fn validate_ref(reference: &str) -> Result<(), Error> {
     if reference.len() > MAX_REF_LEN {
         return Err(bad(&format!("longer than {MAX_REF_LEN} bytes")));
     }
-    if reference == "." || reference == ".." {
-        return Err(bad("not a name"));
+    if reference.chars().any(char::is_control) {
+        return Err(bad("must not contain control characters"));
     }
-    if reference.chars().any(|c| c == '/' || c.is_control()) {
-        return Err(bad("must not contain '/' or control characters"));
+    if reference.split('/').any(|part| part == "." || part == "..") {
+        return Err(bad("must not contain '.' or '..' components"));
     }
     Ok(())
 }
@@ -145,4 +147,35 @@ pub struct Record {
 pub struct IngestRecord {
     /// An ingest is a GC root until then; without it, only a lease keeps it.
     pub expires: Option<SystemTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs() {
+        for ok in [
+            "r1",
+            "tar-blobs/sha256/abc",
+            "layer-sha256:abc",
+            "index-sha256:x",
+            "a b",
+        ] {
+            assert!(validate_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../etc",
+            "a/../b",
+            "a/.",
+            "a\0b",
+            "a\nb",
+            &"r".repeat(MAX_REF_LEN + 1),
+        ] {
+            assert!(validate_ref(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -128,10 +128,13 @@ fn malformed_input_is_refused() {
     }
     let err = fails(d.ctr(&["content", "get", "sha256:../../etc/passwd"]));
     assert!(err.contains("invalid"), "{err}");
-    for bad_ref in ["a/b", "..", "../../etc"] {
+    for bad_ref in ["..", "../../etc", "a/../b"] {
         let err = fails(d.ctr_with_input(&["content", "ingest", bad_ref], b"x"));
         assert!(err.contains("invalid argument"), "{bad_ref}: {err}");
-    }
+    } // containerd's clients put '/' in refs (`ctr images import` writes
+      // `tar-blobs/sha256/...`); they are hashed before they touch the disk.
+    ok(d.ctr_with_input(&["content", "ingest", "tar-blobs/sha256/x"], b"slash ref"));
+
     let blob = b"labelled".to_vec();
     let digest = sha256(&blob);
     ok(d.ctr_with_input(&["content", "ingest", "l"], &blob));
