@@ -8,6 +8,7 @@ mod ingest;
 mod machine;
 mod probe;
 mod proc_status;
+mod snapshots;
 mod startup;
 mod stats;
 
@@ -28,6 +29,8 @@ enum Command {
     Startup(startup::Args),
     /// A large blob through the Content API (and ctr), against the disk's limit
     Ingest(ingest::Args),
+    /// Prepare + remove cycles, and a gzip layer's apply against `tar -xzf`
+    Snapshots(snapshots::Args),
 }
 
 /// How results are printed; shared by every benchmark.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Startup(args) => startup::run(args),
         Command::Ingest(args) => ingest::run(args),
+        Command::Snapshots(args) => snapshots::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,489 @@
+//! The snapshots results as a table for people and JSON for tools.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{
+    disk::Filesystem,
+    layer::Layer,
+    limit::Tools,
+    measure::{Measured, Plan, Row},
+    Snapshotter,
+};
+use crate::{
+    daemon::{Kind, Subject},
+    machine::Machine,
+    stats::Summary,
+};
+
+/// The goals from the snapshots issue: corten's prepare + remove cycles at
+/// this rate or better, and its apply at this share of `tar -xzf`'s speed.
+const TARGET_CYCLES_PER_S: f64 = 1000.0;
+const TARGET_APPLY_RATIO: f64 = 0.8;
+/// What an fsync cost on this kind of machine when the targets were set.
+const SEEN_FSYNC_MS: f64 = 0.2;
+const MIB: f64 = (1u64 << 20) as f64;
+
+#[derive(Serialize)]
+pub struct Report {
+    benchmark: &'static str,
+    machine: Machine,
+    filesystem: Filesystem,
+    settings: Settings,
+    tools: ToolVersions,
+    layer: Layer,
+    notes: Vec<String>,
+    /// One 4 KiB write + fsync in the benchmark directory; the medians of
+    /// each round.
+    fsync_ms: Summary,
+    /// In measuring order: per snapshotter, corten then containerd (absent
+    /// with --no-reference).
+    cycles: Vec<CyclesResult>,
+    /// The daemons, then the limit.
+    apply: Vec<ApplyResult>,
+    limit: Limit,
+    targets: Targets,
+}
+
+#[derive(Serialize)]
+struct Settings {
+    cycles: u32,
+    snapshotters: Vec<Snapshotter>,
+    layer_mib: u64,
+    runs: u32,
+}
+
+#[derive(Serialize)]
+struct ToolVersions {
+    cortend: Daemon,
+    /// Absent with --no-reference.
+    containerd: Option<Daemon>,
+    tar: String,
+    gzip: String,
+}
+
+#[derive(Serialize)]
+struct Daemon {
+    binary: String,
+    version: String,
+}
+
+#[derive(Serialize)]
+struct CyclesResult {
+    row: String,
+    label: String,
+    cycles_per_s: Summary,
+    seconds: Summary,
+    /// corten over containerd with the same snapshotter, medians; corten
+    /// rows only, and only with the reference.
+    ratio_to_containerd: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ApplyResult {
+    row: String,
+    label: String,
+    /// Of the gzip: the layer's size over the wall time.
+    mib_per_s: Summary,
+    /// Of the tar inside.
+    uncompressed_mib_per_s: Summary,
+    seconds: Summary,
+    /// The `syncfs` right after; not part of `seconds`.
+    syncfs_seconds: Summary,
+    /// Gzip MiB over the medians of the time plus the syncfs.
+    with_syncfs_mib_per_s: f64,
+    /// Median over tar's median.
+    ratio_to_tar: f64,
+    /// The same with each side's syncfs added.
+    with_syncfs_ratio_to_tar: f64,
+    ratio_to_containerd: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Limit {
+    /// `tar -xzf`, no sync: gzip MiB per second.
+    mib_per_s: f64,
+    with_syncfs_mib_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Targets {
+    cycles_per_s: f64,
+    apply_ratio_to_tar: f64,
+    /// One per corten snapshotter measured.
+    measured: Vec<TargetResult>,
+    seen_fsync_ms: f64,
+}
+
+#[derive(Serialize)]
+struct TargetResult {
+    snapshotter: Snapshotter,
+    cycles_per_s: f64,
+    cycles_met: bool,
+    apply_ratio_to_tar: f64,
+    apply_met: bool,
+}
+
+pub struct Context<'a> {
+    pub plan: &'a Plan,
+    pub machine: Machine,
+    pub filesystem: Filesystem,
+    pub subjects: &'a [Subject],
+    pub tools: &'a Tools,
+    pub layer: &'a Layer,
+}
+
+impl Report {
+    pub fn new(context: Context<'_>, measured: Measured) -> Report {
+        let Context {
+            plan,
+            machine,
+            filesystem,
+            subjects,
+            tools,
+            layer,
+        } = context;
+        let gzip_mib = layer.size as f64 / MIB;
+        let tar_mib = layer.uncompressed as f64 / MIB;
+        let median_seconds = |wanted: Row| {
+            measured
+                .series
+                .iter()
+                .find(|s| s.row == wanted)
+                .map(|s| Summary::of(s.seconds.clone()).median)
+        };
+        let median_syncfs = |wanted: Row| {
+            measured
+                .series
+                .iter()
+                .find(|s| s.row == wanted)
+                .filter(|s| !s.syncfs_seconds.is_empty())
+                .map(|s| Summary::of(s.syncfs_seconds.clone()).median)
+        };
+        let tar_seconds = median_seconds(Row::Tar).expect("the limit is always measured");
+        let tar_flush = median_syncfs(Row::Tar).expect("the limit's syncfs is always measured");
+        let limit = Limit {
+            mib_per_s: gzip_mib / tar_seconds,
+            with_syncfs_mib_per_s: gzip_mib / (tar_seconds + tar_flush),
+        };
+
+        let mut cycles = Vec::new();
+        let mut apply = Vec::new();
+        for s in &measured.series {
+            let seconds = Summary::of(s.seconds.clone());
+            match s.row {
+                Row::Cycles(kind, sn) => {
+                    let rates = Summary::of(s.seconds.iter().map(|t| f64::from(plan.cycles) / t).collect());
+                    let reference = (kind == Kind::Corten)
+                        .then(|| median_seconds(Row::Cycles(Kind::Containerd, sn)))
+                        .flatten();
+                    cycles.push(CyclesResult {
+                        row: s.row.key(),
+                        label: s.row.label(),
+                        // Rates are inverse times: corten / containerd in
+                        // cycles per second is containerd's time over corten's.
+                        ratio_to_containerd: reference.map(|c| c / seconds.median),
+                        cycles_per_s: rates,
+                        seconds,
+                    });
+                }
+                Row::Apply(..) | Row::Tar => {
+                    let flush = Summary::of(s.syncfs_seconds.clone());
+                    let reference = match s.row {
+                        Row::Apply(Kind::Corten, sn) => median_seconds(Row::Apply(Kind::Containerd, sn)),
+                        _ => None,
+                    };
+                    let with_flush = seconds.median + flush.median;
+                    apply.push(ApplyResult {
+                        row: s.row.key(),
+                        label: s.row.label(),
+                        mib_per_s: Summary::of(s.seconds.iter().map(|t| gzip_mib / t).collect()),
+                        uncompressed_mib_per_s: Summary::of(s.seconds.iter().map(|t| tar_mib / t).collect()),
+                        with_syncfs_mib_per_s: gzip_mib / with_flush,
+                        ratio_to_tar: tar_seconds / seconds.median,
+                        with_syncfs_ratio_to_tar: (tar_seconds + tar_flush) / with_flush,
+                        ratio_to_containerd: reference.map(|c| c / seconds.median),
+                        seconds,
+                        syncfs_seconds: flush,
+                    });
+                }
+            }
+        }
+        // The limit last: the table leads with what is judged.
+        apply.sort_by_key(|a| a.row == Row::Tar.key());
+
+        let measured_targets = plan
+            .snapshotters
+            .iter()
+            .map(|&sn| {
+                let cycles_per_s = f64::from(plan.cycles)
+                    / median_seconds(Row::Cycles(Kind::Corten, sn)).expect("corten is always measured");
+                let apply_ratio =
+                    tar_seconds / median_seconds(Row::Apply(Kind::Corten, sn)).expect("corten is always measured");
+                TargetResult {
+                    snapshotter: sn,
+                    cycles_per_s,
+                    cycles_met: cycles_per_s >= TARGET_CYCLES_PER_S,
+                    apply_ratio_to_tar: apply_ratio,
+                    apply_met: apply_ratio >= TARGET_APPLY_RATIO,
+                }
+            })
+            .collect();
+
+        let mut daemons = subjects.iter().zip(measured.versions).map(|(s, version)| Daemon {
+            binary: s.binary.display().to_string(),
+            version,
+        });
+        let cortend = daemons.next().expect("corten is always measured");
+        let containerd = daemons.next();
+
+        let mut notes = vec![
+            format!(
+                "medians over {} runs; every daemon row ran on a freshly started daemon (start not timed) \
+                 whose root was in the benchmark directory, after a `sync`",
+                plan.runs
+            ),
+            format!(
+                "cycles: {} times Prepare `k<i>` (no parent) then Remove `k<i>` in namespace `bench` under a \
+                 lease, one call after the other on one connection made beforehand; cycles/s = {} / the wall \
+                 time of all. Without the lease both daemons' garbage collectors take unleased snapshots \
+                 between a Prepare and its Remove",
+                plan.cycles, plan.cycles
+            ),
+            "apply: the layer is written through the Content service and an empty snapshot is prepared, \
+             both under a lease and not timed; then the Diff service's Apply onto the snapshot's mounts is \
+             timed (the answer must name the tar's digest); MiB/s of the gzip, and of the tar inside"
+                .to_string(),
+            "limit: `tar -xzf LAYER -C DIR` into a new, empty directory on the same disk, exec to exit \
+             (GNU tar runs `gzip -d` as a second process, so inflating and writing overlap on two CPUs); \
+             like an apply it syncs nothing, so the ratio to tar compares without a sync"
+                .to_string(),
+            "with syncfs: the `syncfs` of the benchmark's filesystem right after each apply and each tar, \
+             added to its time; it also writes back other processes' dirty pages on that filesystem"
+                .to_string(),
+        ];
+        notes.extend(subjects.iter().flat_map(Subject::notes));
+        notes.extend(machine.busy_note());
+
+        Report {
+            benchmark: "snapshots",
+            machine,
+            filesystem,
+            settings: Settings {
+                cycles: plan.cycles,
+                snapshotters: plan.snapshotters.clone(),
+                layer_mib: plan.layer_mib,
+                runs: plan.runs,
+            },
+            tools: ToolVersions {
+                cortend,
+                containerd,
+                tar: tools.tar.clone(),
+                gzip: tools.gzip.clone(),
+            },
+            layer: layer.clone(),
+            notes,
+            fsync_ms: Summary::of(measured.fsync_seconds.iter().map(|s| s * 1e3).collect()),
+            cycles,
+            apply,
+            limit,
+            targets: Targets {
+                cycles_per_s: TARGET_CYCLES_PER_S,
+                apply_ratio_to_tar: TARGET_APPLY_RATIO,
+                measured: measured_targets,
+                seen_fsync_ms: SEEN_FSYNC_MS,
+            },
+        }
+    }
+
+    pub fn table(&self) -> String {
+        let reference = self.tools.containerd.is_some();
+        let mut out = format!(
+            "snapshots: {} prepare + remove cycles, a {:.1} MiB gzip layer, {} runs, {} CPUs \
+             (CPU used by other work: {} before, {} during)\n",
+            self.settings.cycles,
+            self.layer.size as f64 / MIB,
+            self.settings.runs,
+            self.machine.cpus,
+            percent(self.machine.busy_before),
+            percent(self.machine.busy_during),
+        );
+        let fs = &self.filesystem;
+        let _ = writeln!(
+            out,
+            "  disk:       {}{}{}, in {}",
+            fs.kind,
+            fs.source.as_ref().map_or_else(String::new, |s| format!(" on {s}")),
+            fs.mount_point
+                .as_ref()
+                .map_or_else(String::new, |m| format!(" (mounted at {m})")),
+            fs.dir
+        );
+        let daemon = &self.tools.cortend;
+        let _ = writeln!(out, "  corten:     {} (version {})", daemon.binary, daemon.version);
+        if let Some(c) = &self.tools.containerd {
+            let _ = writeln!(out, "  containerd: {} (version {})", c.binary, c.version);
+        }
+        let _ = writeln!(out, "  tar:        {}; {}", self.tools.tar, self.tools.gzip);
+        let layer = &self.layer;
+        let _ = writeln!(
+            out,
+            "  layer:      {:.1} MiB gzip, {:.1} MiB tar: {} files, {} directories, {} symlinks",
+            layer.size as f64 / MIB,
+            layer.uncompressed as f64 / MIB,
+            layer.files,
+            layer.dirs,
+            layer.symlinks
+        );
+        let _ = writeln!(
+            out,
+            "  fsync:      {:.3} ms for a 4 KiB write + fsync in the benchmark directory ({:.3}-{:.3} over the rounds)",
+            self.fsync_ms.median, self.fsync_ms.min, self.fsync_ms.max
+        );
+        out.push('\n');
+
+        let mut header = vec!["prepare + remove", "cycles/s", "min-max", "ms per cycle"];
+        if reference {
+            header.push("corten / containerd");
+        }
+        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        for c in &self.cycles {
+            let mut row = vec![
+                c.label.clone(),
+                format!("{:.0}", c.cycles_per_s.median),
+                format!("{:.0}-{:.0}", c.cycles_per_s.min, c.cycles_per_s.max),
+                format!("{:.3}", 1e3 / c.cycles_per_s.median),
+            ];
+            if reference {
+                row.push(c.ratio_to_containerd.map_or_else(String::new, |r| format!("{r:.2}")));
+            }
+            rows.push(row);
+        }
+        out.push_str(&align(&rows));
+        out.push('\n');
+
+        let mut header = vec![
+            "apply",
+            "MiB/s gzip",
+            "min-max",
+            "MiB/s tar",
+            "seconds",
+            "ratio to tar -xzf",
+            "with syncfs: s, MiB/s, ratio",
+        ];
+        if reference {
+            header.push("corten / containerd");
+        }
+        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        for a in &self.apply {
+            let mut row = vec![
+                a.label.clone(),
+                format!("{:.1}", a.mib_per_s.median),
+                format!("{:.1}-{:.1}", a.mib_per_s.min, a.mib_per_s.max),
+                format!("{:.1}", a.uncompressed_mib_per_s.median),
+                format!("{:.2}", a.seconds.median),
+                format!("{:.2}", a.ratio_to_tar),
+                format!(
+                    "+{:.2} s, {:.1}, {:.2}",
+                    a.syncfs_seconds.median, a.with_syncfs_mib_per_s, a.with_syncfs_ratio_to_tar
+                ),
+            ];
+            if reference {
+                row.push(a.ratio_to_containerd.map_or_else(String::new, |r| format!("{r:.2}")));
+            }
+            rows.push(row);
+        }
+        out.push_str(&align(&rows));
+        out.push('\n');
+
+        let _ = writeln!(
+            out,
+            "limit = tar -xzf at {:.1} MiB/s of gzip, without a sync (an apply syncs nothing either); \
+             {:.1} MiB/s with its syncfs",
+            self.limit.mib_per_s, self.limit.with_syncfs_mib_per_s
+        );
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        let cycles: Vec<String> = self
+            .targets
+            .measured
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {:.0}/s {}",
+                    t.snapshotter.name(),
+                    t.cycles_per_s,
+                    verdict(t.cycles_met)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "target: corten at {:.0} prepare + remove cycles per second or better: {}",
+            self.targets.cycles_per_s,
+            cycles.join(", ")
+        );
+        let applies: Vec<String> = self
+            .targets
+            .measured
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {:.2} {}",
+                    t.snapshotter.name(),
+                    t.apply_ratio_to_tar,
+                    verdict(t.apply_met)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "target: corten apply at {} of tar -xzf's speed or better: {}",
+            self.targets.apply_ratio_to_tar,
+            applies.join(", ")
+        );
+        let budget_ms = 1e3 / self.targets.cycles_per_s;
+        let _ = writeln!(
+            out,
+            "when the targets were set an fsync cost about {} ms on this disk; the target leaves {:.1} ms per \
+             cycle, {:.1} fsyncs at this run's {:.3} ms",
+            self.targets.seen_fsync_ms,
+            budget_ms,
+            budget_ms / self.fsync_ms.median,
+            self.fsync_ms.median
+        );
+        let _ = writeln!(out, "layer: {} (tar {})", self.layer.digest, self.layer.diff_id);
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
+        out
+    }
+}
+
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "unknown".to_string(), |s| format!("{:.0}%", s * 100.0))
+}
+
+/// Left-aligned columns two spaces apart; trailing blanks trimmed.
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
