@@ -22,6 +22,11 @@ const PROTOS: &[&str] = &[
     "containerd/services/snapshots/v1/snapshots.proto",
     "containerd/services/diff/v1/diff.proto",
     "containerd/services/images/v1/images.proto",
+    "containerd/types/transfer/registry.proto",
+    "containerd/types/transfer/imagestore.proto",
+    "containerd/types/transfer/progress.proto",
+    "containerd/services/streaming/v1/streaming.proto",
+    "containerd/services/transfer/v1/transfer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -13,6 +13,10 @@ pub mod google {
 pub mod containerd {
     pub mod types {
         tonic::include_proto!("containerd.types");
+
+        pub mod transfer {
+            tonic::include_proto!("containerd.types.transfer");
+        }
     }
 
     pub mod events {
@@ -58,6 +62,16 @@ pub mod containerd {
         pub mod namespaces {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.namespaces.v1");
+            }
+        }
+        pub mod streaming {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.streaming.v1");
+            }
+        }
+        pub mod transfer {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.transfer.v1");
             }
         }
     }

@@ -7,9 +7,10 @@ use std::{io, path::PathBuf, time::Duration};
 use anyhow::{bail, Context as _};
 use corten_api::containerd::services::{
     content::v1::content_client::ContentClient, diff::v1::diff_client::DiffClient,
-    introspection::v1::introspection_client::IntrospectionClient, leases::v1::leases_client::LeasesClient,
-    namespaces::v1::namespaces_client::NamespacesClient, snapshots::v1::snapshots_client::SnapshotsClient,
-    version::v1::version_client::VersionClient,
+    images::v1::images_client::ImagesClient, introspection::v1::introspection_client::IntrospectionClient,
+    leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
+    snapshots::v1::snapshots_client::SnapshotsClient, streaming::v1::streaming_client::StreamingClient,
+    transfer::v1::transfer_client::TransferClient, version::v1::version_client::VersionClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -146,6 +147,18 @@ impl Connection {
 
     pub fn diff(&self) -> DiffClient<Channel> {
         DiffClient::new(self.channel.clone())
+    }
+
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+
+    pub fn streaming(&self) -> StreamingClient<Channel> {
+        StreamingClient::new(self.channel.clone())
+    }
+
+    pub fn transfer(&self) -> TransferClient<Channel> {
+        TransferClient::new(self.channel.clone())
     }
 }
 

@@ -26,6 +26,7 @@ pub mod namespaces;
 pub mod plugin;
 pub mod registry;
 pub mod snapshots;
+pub mod transfer;
 pub mod version;
 
 pub use error::{Error, Result};

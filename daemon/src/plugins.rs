@@ -7,6 +7,7 @@ pub fn link() {
     corten_diff::link();
     corten_events::link();
     corten_gc::link();
+    corten_images::link();
     corten_leases::link();
     corten_metadata::link();
     corten_services::link();

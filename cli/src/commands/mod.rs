@@ -3,6 +3,8 @@
 //! arm in [`run`].
 
 pub mod content;
+pub mod images;
+pub mod images_pull;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;
@@ -34,6 +36,9 @@ pub enum Command {
     /// Manage snapshots: the filesystems containers run on
     #[command(visible_aliases = ["snapshot", "snap"])]
     Snapshots(snapshots::Args),
+    /// Manage images: list, tag, remove, import, export, mount and check them
+    #[command(visible_aliases = ["image", "i"])]
+    Images(images::Args),
 }
 
 /// What every command may need from the global flags.
@@ -57,5 +62,6 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Content(args) => content::run(args, ctx).await,
         Command::Leases(args) => leases::run(args, ctx).await,
         Command::Snapshots(args) => snapshots::run(args, ctx).await,
+        Command::Images(args) => images::run(args, ctx).await,
     }
 }

@@ -27,6 +27,7 @@ mod namespaces;
 pub mod request;
 mod snapshots;
 pub mod status;
+mod transfer;
 mod version;
 
 /// Called by the daemon binary so the linker keeps this crate, and with it
