@@ -8,6 +8,7 @@ mod labels;
 mod mounts;
 mod output;
 mod progress;
+mod signals;
 
 use std::{process::ExitCode, time::Duration};
 

@@ -86,6 +86,27 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sizes in binary units with one decimal, e.g. `1.2 MiB`; whole bytes
+/// below a KiB.
+pub fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let Ok(bytes) = u64::try_from(bytes) else {
+        return "-".into();
+    };
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // Compare the rounded value, so 1023.97 KiB shows as 1.0 MiB rather
+    // than 1024.0 KiB.
+    while (value * 10.0).round() / 10.0 >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

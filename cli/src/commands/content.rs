@@ -36,8 +36,9 @@ use crate::{
     client::{Channel, Connection},
     error::{self, rpc, AlreadyReported},
     labels,
-    output::{self, Format, Table},
+    output::{self, human_size, Format, Table},
     progress::{self, Progress},
+    signals::interruption,
 };
 
 type ContentClient = corten_api::containerd::services::content::v1::content_client::ContentClient<Channel>;
@@ -203,27 +204,6 @@ fn age_cell(ts: Option<&prost_types::Timestamp>, now: SystemTime, suffix: &str) 
         Some(t) => human_age(now.duration_since(t).unwrap_or_default()) + suffix,
         None => "-".into(),
     }
-}
-
-/// Sizes in binary units with one decimal, e.g. `1.2 MiB`; whole bytes
-/// below a KiB.
-fn human_size(bytes: i64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let Ok(bytes) = u64::try_from(bytes) else {
-        return "-".into();
-    };
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    // Compare the rounded value, so 1023.97 KiB shows as 1.0 MiB rather
-    // than 1024.0 KiB.
-    while (value * 10.0).round() / 10.0 >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// A duration the way people say it: `Less than a second`, `1 minute`,
@@ -622,19 +602,6 @@ async fn release_lease(conn: &Connection, lease: &str) {
 /// How long cleanup may hold up the exit, since by then the user may be
 /// pressing Ctrl-C to no effect.
 const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Resolves with the signal's name on the first SIGINT or SIGTERM; never,
-/// if the handlers cannot be installed (the default action then applies).
-async fn interruption() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => std::future::pending().await,
-    }
-}
 
 /// Streams `input` into the write named by `plan`, resuming where the
 /// daemon left off, and commits it; returns the stored digest.

@@ -55,8 +55,9 @@ use super::{
 use crate::{
     client::Connection,
     error::{self, rpc, AlreadyReported, RpcError},
-    output::{self, Format, Table},
+    output::{self, human_size, Format, Table},
     progress::{self, Progress},
+    signals::interruption,
 };
 
 /// The snapshotter used when none is named, as in containerd.
@@ -657,25 +658,6 @@ fn rpc_code(err: &anyhow::Error) -> Option<Code> {
         .find_map(|cause| cause.downcast_ref::<RpcError>().map(|e| e.code))
 }
 
-/// Sizes in binary units with one decimal, e.g. `1.2 MiB`; whole bytes
-/// below a KiB. The same rendering `content ls` uses.
-fn human_size(bytes: i64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let Ok(bytes) = u64::try_from(bytes) else {
-        return "-".into();
-    };
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while (value * 10.0).round() / 10.0 >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 // ---------------------------------------------------------------- content store helpers
 
 /// Reads a JSON document (index, manifest, config) whole, checking it
@@ -913,19 +895,6 @@ async fn release_lease(conn: &Connection, id: &str) {
     };
     let err = err.context(format!("removing lease {id:?} (it expires by itself)"));
     eprintln!("corten: warning: {}", error::one_line(&err));
-}
-
-/// Resolves with the signal's name on the first SIGINT or SIGTERM; never,
-/// if the handlers cannot be installed (the default action then applies).
-async fn interruption() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => std::future::pending().await,
-    }
 }
 
 // ---------------------------------------------------------------- writing blobs

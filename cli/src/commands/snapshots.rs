@@ -37,7 +37,8 @@ use crate::{
     client::{Channel, Connection},
     error::{self, rpc, AlreadyReported},
     labels, mounts,
-    output::{self, Format, Table},
+    output::{self, human_size, Format, Table},
+    signals::interruption,
 };
 
 type SnapshotsClient = corten_api::containerd::services::snapshots::v1::snapshots_client::SnapshotsClient<Channel>;
@@ -557,25 +558,6 @@ fn usage_table(rows: &[UsageView], bytes: bool) -> Table {
     table
 }
 
-/// Sizes in binary units with one decimal, e.g. `8.0 KiB`; whole bytes
-/// below a KiB. The same rendering `content ls` uses.
-fn human_size(bytes: i64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let Ok(bytes) = u64::try_from(bytes) else {
-        return "-".into();
-    };
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while (value * 10.0).round() / 10.0 >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 // ---------------------------------------------------------------- label
 
 async fn label(ctx: &Context, snapshotter: &str, key: String, label_args: &[String]) -> anyhow::Result<()> {
@@ -866,19 +848,6 @@ async fn release_lease(conn: &Connection, lease: &str) {
     };
     let err = err.context(format!("removing temporary lease {lease:?} (it expires by itself)"));
     eprintln!("corten: warning: {}", error::one_line(&err));
-}
-
-/// Resolves with the signal's name on the first SIGINT or SIGTERM; never,
-/// if the handlers cannot be installed (the default action then applies).
-async fn interruption() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        },
-        _ => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]
