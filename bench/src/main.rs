@@ -8,6 +8,7 @@ mod ingest;
 mod machine;
 mod probe;
 mod proc_status;
+mod pull;
 mod snapshots;
 mod startup;
 mod stats;
@@ -31,6 +32,8 @@ enum Command {
     Ingest(ingest::Args),
     /// Prepare + remove cycles, and a gzip layer's apply against `tar -xzf`
     Snapshots(snapshots::Args),
+    /// The ~100 MiB multi-layer image from a local registry, `corten images pull` against `ctr images pull`
+    Pull(pull::Args),
 }
 
 /// How results are printed; shared by every benchmark.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Startup(args) => startup::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Snapshots(args) => snapshots::run(args),
+        Command::Pull(args) => pull::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
