@@ -17,6 +17,12 @@ use corten_tests::{
 };
 
 /// Every ctr command that takes `--snapshotter`, with it.
+const NO_AUTO_GC: &str = r#"[plugins."io.containerd.gc.v1.scheduler"]
+startup_delay = "1000h"
+mutation_threshold = 0
+deletion_threshold = 1000000000
+"#;
+
 fn with_snapshotter<'a>(command: &[&'a str], snapshotter: &'a str, args: &[&'a str]) -> Vec<&'a str> {
     let mut all = command.to_vec();
     all.extend(["--snapshotter", snapshotter]);
@@ -268,7 +274,10 @@ fn multilayer(snapshotter: &str) {
     let registry = Registry::start();
     let image: PushedImage = registry.push_multilayer("test/layers", "v1", MIB);
     assert_eq!(image.layers.len(), 4);
-    let d = Daemon::start();
+    // `ctr snapshots view` makes an unlabelled view: like containerd, any
+    // collection (and every deletion, such as ctr dropping its pull lease,
+    // schedules one) may take it. Only sync deletes collect here.
+    let d = Daemon::start_with(NO_AUTO_GC);
     ok_logged(&d, "ctr images pull", pull(&d, snapshotter, &image.reference));
 
     let snapshots = ok(d.ctr(&["snapshots", "--snapshotter", snapshotter, "ls"]));
