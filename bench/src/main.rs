@@ -12,6 +12,8 @@ mod pull;
 mod snapshots;
 mod startup;
 mod stats;
+mod table;
+mod workdir;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,8 @@ use std::{
 
 use anyhow::{ensure, Context as _};
 
-use super::{api::Ingest, ctr::Ctr, limit, workdir::Workdir};
+use super::{api::Ingest, ctr::Ctr, limit};
+use crate::workdir::Workdir;
 use crate::{
     daemon::{Kind, Subject},
     probe::Prober,

@@ -3,10 +3,10 @@
 
 mod api;
 mod ctr;
+mod input;
 mod limit;
 mod measure;
 mod report;
-mod workdir;
 
 use std::path::PathBuf;
 
@@ -51,9 +51,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         chunk: (args.chunk_kib << 10) as usize,
         runs: args.runs,
     };
-    let workdir = workdir::Workdir::create(args.dir.as_deref(), plan.size)?;
+    // The input and one copy of it (a blob, or the limit's copy) at a time, and headroom.
+    let workdir =
+        crate::workdir::Workdir::create(args.dir.as_deref(), 2 * plan.size + (256 << 20), "ingest", "--size-mib")?;
     let input = workdir.file("input");
-    workdir::write_random(&input, plan.size)?;
+    input::write_random(&input, plan.size)?;
 
     let watch = Watch::start();
     let measured = measure::run(&plan, &subjects, &ctr, &workdir, &input)?;

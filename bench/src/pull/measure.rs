@@ -6,7 +6,8 @@ use std::{io::IsTerminal as _, time::Duration};
 use anyhow::Context as _;
 use corten_tests::registry::PushedImage;
 
-use super::{disk::Workdir, tools::Tools};
+use super::tools::Tools;
+use crate::workdir::Workdir;
 use crate::{
     daemon::{Kind, Subject},
     probe::Prober,

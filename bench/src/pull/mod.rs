@@ -2,7 +2,6 @@
 //! registry by `corten images pull`, beside `ctr images pull` on containerd
 //! 1.6, each on a freshly started daemon.
 
-mod disk;
 mod measure;
 mod report;
 mod tools;
@@ -51,7 +50,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runs: args.runs,
     };
     // A daemon's root holds the blobs and their unpacked tree; one at a time.
-    let workdir = disk::Workdir::create(args.dir.as_deref(), 3 * (args.image_mib << 20) + (256 << 20))?;
+    // One daemon root with the image pulled and unpacked at a time, and headroom.
+    let workdir = crate::workdir::Workdir::create(
+        args.dir.as_deref(),
+        3 * (args.image_mib << 20) + (256 << 20),
+        "pull",
+        "--image-mib",
+    )?;
     let progress = std::io::stderr().is_terminal();
     if progress {
         eprintln!("pull: starting the registry and pushing the image (not timed)");

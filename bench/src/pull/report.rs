@@ -6,10 +6,11 @@ use corten_tests::registry::PushedImage;
 use serde::Serialize;
 
 use super::{
-    disk::Filesystem,
     measure::{Plan, Series},
     tools::Tools,
 };
+use crate::table::{align, percent};
+use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
     machine::Machine,
@@ -298,32 +299,4 @@ fn client_of(kind: Kind) -> &'static str {
         Kind::Corten => "corten images pull",
         Kind::Containerd => "ctr images pull",
     }
-}
-
-fn percent(share: Option<f64>) -> String {
-    share.map_or_else(|| "unknown".to_string(), |s| format!("{:.0}%", s * 100.0))
-}
-
-/// Left-aligned columns two spaces apart; trailing blanks trimmed.
-fn align(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<width$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }

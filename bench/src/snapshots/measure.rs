@@ -9,11 +9,11 @@ use anyhow::Context as _;
 
 use super::{
     client::Session,
-    disk::Workdir,
     layer::Layer,
     limit::{self, Tools},
     Snapshotter,
 };
+use crate::workdir::Workdir;
 use crate::{
     daemon::{Kind, Running, Subject},
     probe::Prober,

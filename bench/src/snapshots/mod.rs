@@ -3,7 +3,6 @@
 //! the same layer on the same disk.
 
 mod client;
-mod disk;
 mod layer;
 mod limit;
 mod measure;
@@ -81,7 +80,12 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         runs: args.runs,
     };
     let layer_size = layer::Shape::for_mib(args.layer_mib);
-    let workdir = disk::Workdir::create(args.dir.as_deref(), layer_size.space_needed())?;
+    let workdir = crate::workdir::Workdir::create(
+        args.dir.as_deref(),
+        layer_size.space_needed(),
+        "snapshots",
+        "--layer-mib",
+    )?;
     if std::io::stderr().is_terminal() {
         eprintln!("snapshots: building the layer (not timed)");
     }

@@ -5,12 +5,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{
-    disk::Filesystem,
     layer::Layer,
     limit::Tools,
     measure::{Measured, Plan, Row},
     Snapshotter,
 };
+use crate::table::{align, percent};
+use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
     machine::Machine,
@@ -458,32 +459,4 @@ impl Report {
         }
         out
     }
-}
-
-fn percent(share: Option<f64>) -> String {
-    share.map_or_else(|| "unknown".to_string(), |s| format!("{:.0}%", s * 100.0))
-}
-
-/// Left-aligned columns two spaces apart; trailing blanks trimmed.
-fn align(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            let _ = write!(line, "{cell:<width$}  ");
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
 }

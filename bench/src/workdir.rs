@@ -1,12 +1,8 @@
-//! Where the ingest benchmark writes: one temporary directory on a
-//! disk-backed filesystem that holds the input file, the limit's copy and
-//! every daemon's root, so all of them write to the same disk.
+//! Where a benchmark writes: one temporary directory on a disk-backed
+//! filesystem that holds its inputs, the limit's output and every daemon's
+//! root, so the limit and the daemons write to the same disk.
 
-use std::{
-    fs::File,
-    io::{Read as _, Write as _},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
@@ -15,14 +11,10 @@ use tempfile::TempDir;
 
 /// Tried in order when `--dir` is not given. /var/tmp first: /tmp is often
 /// tmpfs, and a limit measured in memory says nothing about the disk.
-pub const CANDIDATES: &[&str] = &["/var/tmp", "/tmp"];
+const CANDIDATES: &[&str] = &["/var/tmp", "/tmp"];
 
 /// Not in nix's list; from linux/magic.h.
 const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
-
-/// Room left free on top of the input and its one copy (a blob or the
-/// limit's copy) that exist at any time.
-const HEADROOM: u64 = 256 << 20;
 
 /// The filesystem a benchmark directory is on, for the report.
 #[derive(Debug, Clone, Serialize)]
@@ -42,10 +34,12 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// A new temporary directory under `explicit`, or under the first
-    /// disk-backed candidate. A RAM-backed directory fails: the benchmark
-    /// compares against the disk's speed, and there would be none.
-    pub fn create(explicit: Option<&Path>, size: u64) -> anyhow::Result<Workdir> {
+    /// A new temporary directory `corten-bench-<name>-*` under `explicit`,
+    /// or under the first disk-backed candidate, with `needed` bytes free.
+    /// A RAM-backed directory fails: the benchmarks compare against the
+    /// disk's speed, and there would be none. `lower` names the option that
+    /// needs less space, for the error.
+    pub fn create(explicit: Option<&Path>, needed: u64, name: &str, lower: &str) -> anyhow::Result<Workdir> {
         let base = match explicit {
             Some(dir) => {
                 if let Some(kind) = ram_backed(dir)? {
@@ -59,19 +53,18 @@ impl Workdir {
             }
             None => pick_default()?,
         };
-        let needed = 2 * size + HEADROOM;
         let available = available_bytes(&base)?;
         if available < needed {
             bail!(
-                "{} has {} MiB free; the benchmark needs {} MiB (the input, one copy of it, headroom): \
-                 free some space, lower --size-mib or pass another --dir",
+                "{} has {} MiB free; the {name} benchmark needs {} MiB: free some space, lower {lower} \
+                 or pass another --dir",
                 base.display(),
                 available >> 20,
                 needed >> 20
             );
         }
         let dir = tempfile::Builder::new()
-            .prefix("corten-bench-ingest-")
+            .prefix(&format!("corten-bench-{name}-"))
             .tempdir_in(&base)
             .with_context(|| format!("create a temporary directory in {}", base.display()))?;
         let filesystem = describe(dir.path())?;
@@ -175,23 +168,6 @@ fn parse_mount_line(line: &str) -> Option<(String, &str, &str)> {
     let point = left.split(' ').nth(4)?.replace("\\040", " ");
     let mut right = right.split(' ');
     Some((point, right.next()?, right.next()?))
-}
-
-/// `size` bytes from the kernel's random generator: incompressible, so no
-/// layer (filesystem, transport) can make the ingest cheaper than it is.
-pub fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {
-    let mut random = File::open("/dev/urandom").context("open /dev/urandom")?;
-    let mut out = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        random.read_exact(&mut buf[..n]).context("read /dev/urandom")?;
-        out.write_all(&buf[..n])
-            .with_context(|| format!("write {}", path.display()))?;
-        left -= n as u64;
-    }
-    out.sync_all().with_context(|| format!("sync {}", path.display()))
 }
 
 #[cfg(test)]
