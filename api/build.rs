@@ -27,7 +27,20 @@ const PROTOS: &[&str] = &[
     "containerd/types/transfer/progress.proto",
     "containerd/services/streaming/v1/streaming.proto",
     "containerd/services/transfer/v1/transfer.proto",
+    "containerd/types/task/task.proto",
+    "containerd/types/metrics.proto",
+    "containerd/events/container.proto",
+    "containerd/events/task.proto",
+    "containerd/services/containers/v1/containers.proto",
+    "containerd/services/tasks/v1/tasks.proto",
+    "containerd/services/events/v1/events.proto",
+    // Messages of ttrpc services (the shim task API, event forwarding).
+    "containerd/services/ttrpc/events/v1/events.proto",
+    "containerd/runtime/task/v2/shim.proto",
+    "io/containerd/cgroups/v1/metrics.proto",
+    "io/containerd/cgroups/v2/metrics.proto",
 ];
+
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);

@@ -19,6 +19,19 @@ pub mod containerd {
         }
     }
 
+    pub mod v1 {
+        pub mod types {
+            tonic::include_proto!("containerd.v1.types");
+        }
+    }
+
+    pub mod task {
+        /// The shim task API (ttrpc), also used for version 3 shims.
+        pub mod v2 {
+            tonic::include_proto!("containerd.task.v2");
+        }
+    }
+
     pub mod events {
         tonic::include_proto!("containerd.events");
     }
@@ -72,6 +85,41 @@ pub mod containerd {
         pub mod transfer {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.transfer.v1");
+            }
+        }
+        pub mod containers {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.containers.v1");
+            }
+        }
+        pub mod tasks {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.tasks.v1");
+            }
+        }
+        pub mod events {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.events.v1");
+            }
+            /// What shims call on the daemon's ttrpc socket.
+            pub mod ttrpc {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.events.ttrpc.v1");
+                }
+            }
+        }
+    }
+}
+
+/// Cgroup statistics as runc shims report them in `Stats`.
+pub mod io {
+    pub mod containerd {
+        pub mod cgroups {
+            pub mod v1 {
+                tonic::include_proto!("io.containerd.cgroups.v1");
+            }
+            pub mod v2 {
+                tonic::include_proto!("io.containerd.cgroups.v2");
             }
         }
     }

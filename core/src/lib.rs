@@ -8,6 +8,7 @@
 //!
 //! The core names no plugin: plugins name the core.
 
+pub mod any_value;
 pub mod content;
 pub mod diff;
 pub mod digest;
@@ -25,6 +26,7 @@ pub mod mount;
 pub mod namespaces;
 pub mod plugin;
 pub mod registry;
+pub mod runtime;
 pub mod snapshots;
 pub mod transfer;
 pub mod version;
