@@ -9,6 +9,7 @@
 //! The core names no plugin: plugins name the core.
 
 pub mod any_value;
+pub mod containers;
 pub mod content;
 pub mod diff;
 pub mod digest;

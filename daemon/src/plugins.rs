@@ -10,6 +10,7 @@ pub fn link() {
     corten_images::link();
     corten_leases::link();
     corten_metadata::link();
+    corten_runtime::link();
     corten_services::link();
     corten_snapshots::link();
 }

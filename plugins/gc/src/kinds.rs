@@ -2,7 +2,7 @@
 //! contributes to it: whether it is a root, what it references, and which
 //! other keys go with it when it is swept.
 //!
-//! A new kind (images, containers, snapshots) is one variant of [`Kind`],
+//! A new kind of object is one variant of [`Kind`],
 //! one loader here and one line in [`load`]; marking and sweeping stay as
 //! they are.
 
@@ -13,7 +13,7 @@ use std::{
 };
 
 use corten_core::{
-    content,
+    containers, content,
     digest::Digest,
     gc, images, leases,
     metadata::{self, Reader},
@@ -34,11 +34,13 @@ pub(crate) enum Kind {
     Snapshot(&'static str),
     /// Always a root: an image keeps its target and what that references.
     Image,
+    /// Always a root: a container keeps its snapshot, its image and what its labels reference.
+    Container,
 }
 
 impl Kind {
     /// Every `kind` label of the removal metric.
-    pub(crate) const NAMES: [&'static str; 5] = ["content", "ingests", "leases", "snapshots", "images"];
+    pub(crate) const NAMES: [&'static str; 6] = ["content", "ingests", "leases", "snapshots", "images", "containers"];
 
     /// The metadata tree whose `<ns>/<id>` keys are objects of this kind.
     pub(crate) fn tree(self) -> Cow<'static, str> {
@@ -48,6 +50,7 @@ impl Kind {
             Kind::Lease => Cow::Borrowed(leases::TREE),
             Kind::Snapshot(snapshotter) => Cow::Owned(snapshots::tree(snapshotter)),
             Kind::Image => Cow::Borrowed(images::TREE),
+            Kind::Container => Cow::Borrowed(containers::TREE),
         }
     }
 
@@ -59,6 +62,7 @@ impl Kind {
             Kind::Lease => Self::NAMES[2],
             Kind::Snapshot(_) => Self::NAMES[3],
             Kind::Image => Self::NAMES[4],
+            Kind::Container => Self::NAMES[5],
         }
     }
 }
@@ -127,6 +131,7 @@ pub(crate) fn load(db: &dyn Reader, now: SystemTime, snapshotters: &[&'static st
         load_snapshots(db, snapshotter, &mut graph)?;
     }
     load_images(db, &mut graph)?;
+    load_containers(db, &mut graph)?;
     // Last, because lease resources attach to leases already in the graph.
     load_leases(db, now, &mut graph)?;
     Ok(graph)
@@ -179,6 +184,28 @@ fn load_images(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
     load_tree(db, Kind::Image, graph, |ns, record: images::Record, graph| {
         let mut refs = label_refs(ns, &record.labels, &graph.snapshotters);
         refs.push(Node::new(Kind::Content, ns, &record.digest.to_string()));
+        Object {
+            root: true,
+            refs,
+            ..Object::default()
+        }
+    })
+}
+
+/// Every container is a root for its snapshot (`snapshotter`/`snapshot_key`),
+/// the image of its name (a root of its own while it exists) and what its
+/// labels reference.
+fn load_containers(db: &dyn Reader, graph: &mut Graph) -> Result<(), Error> {
+    load_tree(db, Kind::Container, graph, |ns, record: containers::Record, graph| {
+        let mut refs = label_refs(ns, &record.labels, &graph.snapshotters);
+        if let Some(snapshotter) = snapshotter_of(&record.snapshotter, &graph.snapshotters) {
+            if !record.snapshot_key.is_empty() {
+                refs.push(Node::new(Kind::Snapshot(snapshotter), ns, &record.snapshot_key));
+            }
+        }
+        if !record.image.is_empty() {
+            refs.push(Node::new(Kind::Image, ns, &record.image));
+        }
         Object {
             root: true,
             refs,
@@ -257,7 +284,7 @@ fn snapshotter_of(name: &str, snapshotters: &[&'static str]) -> Option<&'static 
 
 /// The references `containerd.io/gc.ref.*` labels make, always within the
 /// object's own namespace. Shared by every kind that carries such labels
-/// (content today; images, containers and snapshots when they arrive).
+/// (content, images, containers and snapshots).
 fn label_refs(ns: &str, labels: &BTreeMap<String, String>, snapshotters: &[&'static str]) -> Vec<Node> {
     let mut refs = Vec::new();
     for (key, value) in labels {

@@ -167,6 +167,58 @@ mod tests {
         );
     }
 
+    #[test]
+    fn containers_hold_their_snapshot_and_labelled_refs() {
+        let db = Db::new();
+        // An unpacked image: the manifest references the config, whose label
+        // names the top snapshot of the layer chain.
+        let config = vec![(format!("{}overlayfs", gc::SNAPSHOT_REF_PREFIX), "chain".to_string())];
+        db.blob("ns", 1, child("config", 2));
+        db.blob("ns", 2, config);
+        db.image("ns", "img", 1);
+        db.snapshot("overlayfs", "ns", "chain", "", vec![]);
+        // The container's writable snapshot on top of the image's, and a blob
+        // only the container's label keeps.
+        db.snapshot("overlayfs", "ns", "c1", "chain", vec![]);
+        db.blob("ns", 3, vec![]);
+        db.container("ns", "c1", "overlayfs", "c1", "img", child("checkpoint", 3));
+        // A container on a snapshotter that is not loaded keeps nothing of it.
+        db.snapshot("native", "ns", "c2", "", vec![]);
+        db.container("ns", "c2", "btrfs", "c2", "", vec![]);
+
+        assert_eq!(sweep_with(&db, &["overlayfs"]), Removed::default());
+        assert!(db.has_snapshot("overlayfs", "ns", "c1") && db.has_snapshot("overlayfs", "ns", "chain"));
+        assert!(db.has_blob("ns", 3));
+
+        // Without its image, the container still holds its snapshot and,
+        // through its parent, the layers; the image's blobs go, as in containerd.
+        db.delete_image("ns", "img");
+        let removed = sweep_with(&db, &["overlayfs"]);
+        assert_eq!((removed.of(Kind::Content), removed.total()), (2, 2));
+        assert!(db.has_snapshot("overlayfs", "ns", "c1") && db.has_snapshot("overlayfs", "ns", "chain"));
+        assert!(!db.has_blob("ns", 1) && !db.has_blob("ns", 2) && db.has_blob("ns", 3));
+
+        db.delete_container("ns", "c1");
+        let removed = sweep_with(&db, &["overlayfs"]);
+        assert_eq!(
+            (removed.of(Kind::Snapshot("overlayfs")), removed.of(Kind::Content)),
+            (2, 1)
+        );
+        assert!(!db.has_snapshot("overlayfs", "ns", "c1") && !db.has_snapshot("overlayfs", "ns", "chain"));
+        assert!(!db.has_blob("ns", 3));
+        assert_eq!(removed.of(Kind::Container), 0, "containers are never collected");
+    }
+
+    #[test]
+    fn a_container_keeps_its_image_content_while_the_image_exists() {
+        let db = Db::new();
+        db.blob("ns", 1, vec![]);
+        db.image("ns", "img", 1);
+        db.container("ns", "c", "overlayfs", "c", "img", vec![]);
+        assert_eq!(sweep(&db), Removed::default());
+        assert!(db.has_blob("ns", 1));
+    }
+
     fn root() -> Vec<(String, String)> {
         vec![(gc::ROOT_LABEL.into(), "yes".into())]
     }

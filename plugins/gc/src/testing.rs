@@ -86,6 +86,65 @@ impl Db {
             .is_some()
     }
 
+    /// A container on snapshot `key` of snapshotter `sn`, made from `image`.
+    pub fn container(&self, ns: &str, id: &str, sn: &str, key: &str, image: &str, labels: Vec<(String, String)>) {
+        let record = corten_core::containers::Record {
+            labels: labels.into_iter().collect(),
+            image: image.into(),
+            runtime_name: "io.containerd.runc.v2".into(),
+            runtime_options: None,
+            spec: Some(corten_core::any_value::AnyValue::new("spec", b"{}".to_vec())),
+            snapshotter: sn.into(),
+            snapshot_key: key.into(),
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
+            extensions: BTreeMap::new(),
+        };
+        let value = metadata::encode(&record).unwrap();
+        let tree = corten_core::containers::TREE;
+        self.store
+            .transact(&[namespaces::TREE, tree], &|t| {
+                Namespaces::ensure(t, ns)?;
+                t.insert(tree, &metadata::key(ns, id), value.clone())
+            })
+            .unwrap();
+    }
+
+    pub fn delete_container(&self, ns: &str, id: &str) {
+        let tree = corten_core::containers::TREE;
+        self.store
+            .transact(&[tree], &|t| t.remove(tree, &metadata::key(ns, id)))
+            .unwrap();
+    }
+
+    /// An image `name` whose target is the n-th made-up digest.
+    pub fn image(&self, ns: &str, name: &str, n: usize) {
+        let record = corten_core::images::Record {
+            labels: BTreeMap::new(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: digest(n).parse().unwrap(),
+            size: 1,
+            annotations: BTreeMap::new(),
+            created_at: SystemTime::now(),
+            updated_at: SystemTime::now(),
+        };
+        let value = metadata::encode(&record).unwrap();
+        let tree = corten_core::images::TREE;
+        self.store
+            .transact(&[namespaces::TREE, tree], &|t| {
+                Namespaces::ensure(t, ns)?;
+                t.insert(tree, &metadata::key(ns, name), value.clone())
+            })
+            .unwrap();
+    }
+
+    pub fn delete_image(&self, ns: &str, name: &str) {
+        let tree = corten_core::images::TREE;
+        self.store
+            .transact(&[tree], &|t| t.remove(tree, &metadata::key(ns, name)))
+            .unwrap();
+    }
+
     pub fn has_blob(&self, ns: &str, n: usize) -> bool {
         self.store
             .get(content::TREE, &metadata::key(ns, &digest(n)))

@@ -26,7 +26,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    events::publish,
+    publish::publish,
     request::{self, digest},
     status::{blocking, to_status},
 };

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert::{descriptor, descriptor_msg},
-    events::publish,
+    publish::publish,
     request,
     status::{blocking, to_status},
 };

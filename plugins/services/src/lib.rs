@@ -15,6 +15,7 @@ macro_rules! with_limits {
     };
 }
 
+mod containers;
 mod content;
 mod convert;
 mod diff;
@@ -24,9 +25,11 @@ mod images;
 mod introspection;
 mod leases;
 mod namespaces;
+mod publish;
 pub mod request;
 mod snapshots;
 pub mod status;
+mod tasks;
 mod transfer;
 mod version;
 

@@ -22,7 +22,7 @@ use corten_core::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{events::publish, status::blocking};
+use crate::{publish::publish, status::blocking};
 
 #[derive(Clone)]
 struct NamespacesService {

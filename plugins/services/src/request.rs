@@ -15,6 +15,11 @@ pub fn namespace(metadata: &MetadataMap) -> Result<String, Status> {
     let ns = value
         .to_str()
         .map_err(|_| Status::invalid_argument("namespace header is not valid text"))?;
+    // An empty header is how some clients say "no namespace": containerd
+    // answers it as missing.
+    if ns.is_empty() {
+        return Err(Status::failed_precondition("namespace is required"));
+    }
     identifiers::validate(ns).map_err(|e| Status::invalid_argument(format!("namespace validation: {e}")))?;
     Ok(ns.to_string())
 }
@@ -43,6 +48,8 @@ mod tests {
     #[test]
     fn reads_the_header() {
         let mut md = MetadataMap::new();
+        assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        md.insert(NAMESPACE_HEADER, "".parse().unwrap());
         assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::FailedPrecondition);
         md.insert(NAMESPACE_HEADER, "a..b".parse().unwrap());
         assert_eq!(namespace(&md).unwrap_err().code(), tonic::Code::InvalidArgument);

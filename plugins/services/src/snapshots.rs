@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert::mount_msg,
-    events::publish,
+    publish::publish,
     request,
     status::{blocking, to_status},
 };

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, Mutex};
 use tonic::{Request, Response, Status};
 
 use self::streaming::{is_type, SideStream, StreamManager};
-use crate::{convert::descriptor_msg, events::publish, request, status::to_status};
+use crate::{convert::descriptor_msg, publish::publish, request, status::to_status};
 
 const OCI_REGISTRY: &str = "containerd.types.transfer.OCIRegistry";
 const IMAGE_STORE: &str = "containerd.types.transfer.ImageStore";
