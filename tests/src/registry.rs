@@ -18,14 +18,33 @@
 //!   [`BadImage`].
 //!
 //! Everything is deterministic: the same call gives the same digests.
+//!
+//! [`Registry::start_with_auth`] runs the same registry behind a login:
+//! [`AuthScheme::Basic`] is distribution's `htpasswd` (bcrypt entries,
+//! basic auth on every request), [`AuthScheme::Token`] its `token` scheme,
+//! with a [`TokenServer`] in this process as the realm: it checks the
+//! user's basic credentials (or an OAuth2 password grant) and hands out
+//! JWTs signed with a key whose certificate is the registry's root bundle,
+//! so a client does the whole token dance. The fixture pushes authenticate
+//! by themselves on such a registry.
 
 use std::{
     fs::OpenOptions,
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::OnceLock,
-    time::{Duration, Instant},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+    Engine as _,
 };
 
 use flate2::{read::GzDecoder, write::GzEncoder, Compression};
@@ -404,6 +423,8 @@ pub struct Registry {
     port: u16,
     child: Option<Child>,
     agent: ureq::Agent,
+    /// Set by [`Registry::start_with_auth`].
+    auth: Option<AuthSetup>,
 }
 
 /// A registry's answer: status, headers and body.
@@ -430,6 +451,26 @@ impl Answer {
 impl Registry {
     /// Starts the registry and waits until `GET /v2/` answers 200.
     pub fn start() -> Registry {
+        Registry::launch(None)
+    }
+
+    /// Starts a registry that lets in only `user` with `password`, by
+    /// `scheme`, and waits until `GET /v2/` answers (401 without a login).
+    /// The fixture pushes and [`Registry::get`] log in by themselves.
+    pub fn start_with_auth(scheme: AuthScheme, user: &str, password: &str) -> Registry {
+        let token = match scheme {
+            AuthScheme::Basic => None,
+            AuthScheme::Token => Some(TokenServer::start(user, password)),
+        };
+        Registry::launch(Some(AuthSetup {
+            scheme,
+            user: user.to_string(),
+            password: password.to_string(),
+            token,
+        }))
+    }
+
+    fn launch(auth: Option<AuthSetup>) -> Registry {
         let binary = system_tool("docker-registry", "docker-registry");
         let dir = tempfile::Builder::new()
             .prefix("corten-registry-")
@@ -448,7 +489,9 @@ impl Registry {
             port: 0,
             child: None,
             agent,
+            auth,
         };
+        registry.write_auth_files();
         // The free port may be taken between our probe and the registry's
         // bind: then it exits at once, and another port is tried.
         for _ in 0..3 {
@@ -465,7 +508,11 @@ impl Registry {
 
     fn spawn(&mut self, binary: &Path) {
         let config = self.dir.path().join("config.yml");
-        std::fs::write(&config, registry_config(&self.storage(), self.port)).expect("write registry config");
+        let mut text = registry_config(&self.storage(), self.port);
+        if let Some(auth) = &self.auth {
+            text.push_str(&auth.config(self.dir.path()));
+        }
+        std::fs::write(&config, text).expect("write registry config");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -491,7 +538,9 @@ impl Registry {
                 return Err(format!("docker-registry exited with {status}:\n{}", self.log()));
             }
             if let Ok(resp) = self.agent.get(&url).call() {
-                if resp.status().as_u16() == 200 {
+                let status = resp.status().as_u16();
+                // Behind a login, the challenge says it is up.
+                if status == 200 || (status == 401 && self.auth.is_some()) {
                     return Ok(());
                 }
             }
@@ -555,18 +604,36 @@ impl Registry {
         }
     }
 
+    /// GET `path` with exactly `authorization` (none: anonymous), whatever
+    /// the registry's login.
+    pub fn get_as(&self, path: &str, accept: &str, authorization: Option<&str>) -> Answer {
+        let url = format!("{}{path}", self.base());
+        let request = self.agent.get(&url).header("accept", accept);
+        let request = match authorization {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        };
+        Self::answer(&format!("GET {url}"), request.call())
+    }
+
     /// GET `path` (starting with `/v2/`), accepting `accept` media types.
     pub fn get(&self, path: &str, accept: &str) -> Answer {
         let url = format!("{}{path}", self.base());
         Self::answer(
             &format!("GET {url}"),
-            self.agent.get(&url).header("accept", accept).call(),
+            self.authorize(self.agent.get(&url), path)
+                .header("accept", accept)
+                .call(),
         )
     }
 
     fn head(&self, path: &str) -> u16 {
         let url = format!("{}{path}", self.base());
-        Self::answer(&format!("HEAD {url}"), self.agent.head(&url).call()).status
+        Self::answer(
+            &format!("HEAD {url}"),
+            self.authorize(self.agent.head(&url), path).call(),
+        )
+        .status
     }
 
     /// Uploads `bytes` into repository `name` (monolithic: POST, then PUT
@@ -576,8 +643,12 @@ impl Registry {
         if self.head(&format!("/v2/{name}/blobs/{digest}")) == 200 {
             return digest;
         }
-        let url = format!("{}/v2/{name}/blobs/uploads/", self.base());
-        let started = Self::answer(&format!("POST {url}"), self.agent.post(&url).send_empty());
+        let path = format!("/v2/{name}/blobs/uploads/");
+        let url = format!("{}{path}", self.base());
+        let started = Self::answer(
+            &format!("POST {url}"),
+            self.authorize(self.agent.post(&url), &path).send_empty(),
+        );
         assert_eq!(started.status, 202, "POST {url}: {}", started.text());
         let location = started
             .header("location")
@@ -593,8 +664,7 @@ impl Registry {
         put.push_str(&digest);
         let done = Self::answer(
             &format!("PUT {put}"),
-            self.agent
-                .put(&put)
+            self.authorize(self.agent.put(&put), &path)
                 .content_type("application/octet-stream")
                 .send(bytes),
         );
@@ -605,8 +675,12 @@ impl Registry {
 
     /// Deletes a blob from repository `name` (the registry has deletes on).
     pub fn delete_blob(&self, name: &str, digest: &str) {
-        let url = format!("{}/v2/{name}/blobs/{digest}", self.base());
-        let answer = Self::answer(&format!("DELETE {url}"), self.agent.delete(&url).call());
+        let path = format!("/v2/{name}/blobs/{digest}");
+        let url = format!("{}{path}", self.base());
+        let answer = Self::answer(
+            &format!("DELETE {url}"),
+            self.authorize(self.agent.delete(&url), &path).call(),
+        );
         assert_eq!(answer.status, 202, "DELETE {url}: {}", answer.text());
     }
 
@@ -614,10 +688,13 @@ impl Registry {
     /// returns its digest.
     pub fn push_manifest(&self, name: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
         let digest = sha256_digest(body);
-        let url = format!("{}/v2/{name}/manifests/{reference}", self.base());
+        let path = format!("/v2/{name}/manifests/{reference}");
+        let url = format!("{}{path}", self.base());
         let answer = Self::answer(
             &format!("PUT {url}"),
-            self.agent.put(&url).content_type(media_type).send(body),
+            self.authorize(self.agent.put(&url), &path)
+                .content_type(media_type)
+                .send(body),
         );
         assert_eq!(answer.status, 201, "PUT {url}: {}", answer.text());
         assert_eq!(answer.header("docker-content-digest"), Some(digest.as_str()));
@@ -753,6 +830,451 @@ impl Registry {
             }
         }
     }
+}
+
+/// How a registry from [`Registry::start_with_auth`] checks its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthScheme {
+    /// distribution's `htpasswd`: basic auth on every request, checked
+    /// against bcrypt entries.
+    Basic,
+    /// distribution's `token`: a bearer token from the [`TokenServer`] named
+    /// as the realm in the registry's challenge.
+    Token,
+}
+
+/// The login of a registry behind auth.
+struct AuthSetup {
+    scheme: AuthScheme,
+    user: String,
+    password: String,
+    token: Option<TokenServer>,
+}
+
+/// The token server's issuer and the service (audience) the registry
+/// expects in its tokens.
+const TOKEN_ISSUER: &str = "corten-tests-token-issuer";
+const TOKEN_SERVICE: &str = "corten-tests-registry";
+/// How long a token lasts.
+const TOKEN_LIFETIME: u64 = 300;
+
+impl AuthSetup {
+    /// The `auth:` section of the registry's config.
+    fn config(&self, dir: &Path) -> String {
+        match (&self.token, self.scheme) {
+            (Some(token), AuthScheme::Token) => format!(
+                "auth:
+  token:
+    realm: {realm}
+    service: {TOKEN_SERVICE}
+    issuer: {TOKEN_ISSUER}
+    rootcertbundle: {bundle}
+",
+                realm = token.realm(),
+                bundle = dir.join("token-root.pem").display()
+            ),
+            _ => format!(
+                "auth:
+  htpasswd:
+    realm: corten-tests
+    path: {}
+",
+                dir.join("htpasswd").display()
+            ),
+        }
+    }
+}
+
+impl Registry {
+    fn write_auth_files(&self) {
+        let Some(auth) = &self.auth else {
+            return;
+        };
+        match &auth.token {
+            Some(token) => {
+                std::fs::write(self.dir.path().join("token-root.pem"), token.certificate_pem())
+                    .expect("write the token root bundle");
+            }
+            None => {
+                // The lowest cost bcrypt allows: the registry checks every
+                // request's password.
+                let hash = bcrypt::hash(&auth.password, 4).expect("bcrypt");
+                std::fs::write(self.dir.path().join("htpasswd"), format!("{}:{hash}\n", auth.user))
+                    .expect("write htpasswd");
+            }
+        }
+    }
+
+    /// `(user, password)` a registry from [`Registry::start_with_auth`] lets in.
+    pub fn login(&self) -> Option<(&str, &str)> {
+        self.auth.as_ref().map(|a| (a.user.as_str(), a.password.as_str()))
+    }
+
+    /// The token server of an [`AuthScheme::Token`] registry.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.auth.as_ref().and_then(|a| a.token.as_ref())
+    }
+
+    /// The `Authorization` the fixture requests to `path` carry: the login
+    /// as basic auth, or a token for the repository `path` names, minted
+    /// directly (pull, push and delete).
+    pub fn authorization(&self, path: &str) -> Option<String> {
+        let auth = self.auth.as_ref()?;
+        Some(match &auth.token {
+            None => basic_authorization(&auth.user, &auth.password),
+            Some(server) => {
+                let access: Vec<(String, Vec<String>)> = repository_of(path)
+                    .map(|name| {
+                        (
+                            name.to_string(),
+                            vec!["pull".to_string(), "push".to_string(), "delete".to_string()],
+                        )
+                    })
+                    .into_iter()
+                    .collect();
+                format!("Bearer {}", server.mint(&auth.user, &access))
+            }
+        })
+    }
+
+    fn authorize<B>(&self, request: ureq::RequestBuilder<B>, path: &str) -> ureq::RequestBuilder<B> {
+        match self.authorization(path) {
+            Some(value) => request.header("authorization", value),
+            None => request,
+        }
+    }
+}
+
+/// `Basic <base64(user:password)>`.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// A docker `config.json` that logs in to `host` as `user`, the way
+/// `docker login` writes it (`auths.<host>.auth` is base64 `user:password`).
+pub fn docker_config_json(host: &str, user: &str, password: &str) -> String {
+    json!({ "auths": { host: { "auth": STANDARD.encode(format!("{user}:{password}")) } } }).to_string()
+}
+
+/// The repository of a `/v2/<name>/{blobs,manifests,tags}/...` path.
+fn repository_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    ["/blobs/", "/manifests/", "/tags/"]
+        .iter()
+        .filter_map(|marker| rest.find(marker))
+        .min()
+        .map(|at| &rest[..at])
+}
+
+/// One request the [`TokenServer`] answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// `GET` (basic auth) or `POST` (an OAuth2 password grant).
+    pub method: String,
+    /// The user that asked, when it gave one.
+    pub user: Option<String>,
+    /// The scopes asked for, e.g. `repository:test/busybox:pull`.
+    pub scopes: Vec<String>,
+    /// Whether a token was handed out (anonymous clients get one without
+    /// access, as Docker Hub's token server does for private repositories).
+    pub granted: bool,
+}
+
+/// The key the tokens are signed with and its self-signed certificate.
+struct Signer {
+    key: ring::signature::EcdsaKeyPair,
+    certificate_der: Vec<u8>,
+    certificate_pem: String,
+    user: String,
+    password: String,
+    serial: AtomicU64,
+}
+
+/// A token server (the realm of an [`AuthScheme::Token`] registry) on a
+/// loopback port, served by a thread of this process: `GET /token` with
+/// basic auth, or `POST /token` with a password grant, answers a JWT
+/// (ES256, with the certificate in its `x5c` header) granting the scopes
+/// asked for to the one user it knows. Stopped on drop.
+pub struct TokenServer {
+    addr: SocketAddr,
+    signer: Arc<Signer>,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TokenServer {
+    /// Starts a server that knows `user` with `password`.
+    pub fn start(user: &str, password: &str) -> TokenServer {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("token signing key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["corten-tests-token-issuer".to_string()]).expect("certificate params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, TOKEN_ISSUER);
+        let certificate = params.self_signed(&key).expect("self-signed certificate");
+        let rng = ring::rand::SystemRandom::new();
+        let signing = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .expect("ring signing key");
+        let signer = Arc::new(Signer {
+            key: signing,
+            certificate_der: certificate.der().to_vec(),
+            certificate_pem: certificate.pem(),
+            user: user.to_string(),
+            password: password.to_string(),
+            serial: AtomicU64::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the token server");
+        let addr = listener.local_addr().expect("token server address");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (signer, requests, stop) = (signer.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (signer, requests) = (signer.clone(), requests.clone());
+                    std::thread::spawn(move || serve_token(stream, &signer, &requests));
+                }
+            })
+        };
+        TokenServer {
+            addr,
+            signer,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/token`, the realm the registry names.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// The certificate (PEM) the registry trusts tokens by.
+    pub fn certificate_pem(&self) -> &str {
+        &self.signer.certificate_pem
+    }
+
+    /// What the server was asked, oldest first.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.requests.lock().expect("token log").clone()
+    }
+
+    /// A token for `subject` granting `(repository, actions)`.
+    pub fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> String {
+        self.signer.mint(subject, access)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which then sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Signer {
+    fn mint(&self, subject: &str, access: &[(String, Vec<String>)]) -> String {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let header = json!({
+            "typ": "JWT",
+            "alg": "ES256",
+            "x5c": [STANDARD.encode(&self.certificate_der)],
+        });
+        let access: Vec<Value> = access
+            .iter()
+            .map(|(name, actions)| json!({ "type": "repository", "name": name, "actions": actions }))
+            .collect();
+        let claims = json!({
+            "iss": TOKEN_ISSUER,
+            "sub": subject,
+            "aud": TOKEN_SERVICE,
+            "exp": now + TOKEN_LIFETIME,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": format!("corten-tests-{}", self.serial.fetch_add(1, Ordering::Relaxed)),
+            "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+            .expect("sign the token");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
+}
+
+/// `%XX` and (in forms) `+` decoded.
+fn url_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `a=1&b=2` as pairs, decoded.
+fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (url_decode(k), url_decode(v)),
+            None => (url_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Answers one token request on `stream` and closes it.
+fn serve_token(stream: TcpStream, signer: &Signer, log: &Mutex<Vec<TokenRequest>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+        return; // the wake-up connection of a stopping server
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or("/"),
+    );
+    let mut authorization = None;
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("authorization") {
+                authorization = Some(value.to_string());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length.min(1 << 16)];
+    if reader.read_exact(&mut body).is_err() {
+        body.clear();
+    }
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut params = form_pairs(query);
+    if method == "POST" {
+        params.extend(form_pairs(&String::from_utf8_lossy(&body)));
+    }
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let scopes: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .filter(|s| !s.is_empty())
+        .collect();
+
+    // Who asks: basic auth on a GET, a password grant on a POST.
+    let login: Option<(String, String)> = match method.as_str() {
+        "POST" if param("grant_type").as_deref() == Some("password") => Some((
+            param("username").unwrap_or_default(),
+            param("password").unwrap_or_default(),
+        )),
+        _ => authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Basic ").or_else(|| a.strip_prefix("basic ")))
+            .and_then(|b| STANDARD.decode(b.trim()).ok())
+            .and_then(|d| String::from_utf8(d).ok())
+            .and_then(|t| t.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))),
+    };
+    let known = login
+        .as_ref()
+        .is_some_and(|(u, p)| *u == signer.user && *p == signer.password);
+    let wrong_service = param("service").is_some_and(|s| s != TOKEN_SERVICE);
+    let (status, answer) = if path != "/token" {
+        (
+            "404 Not Found",
+            json!({ "errors": [{ "code": "NOT_FOUND", "message": "no such endpoint" }] }),
+        )
+    } else if wrong_service || (login.is_some() && !known) {
+        (
+            "401 Unauthorized",
+            json!({ "errors": [{ "code": "UNAUTHORIZED", "message": "wrong user name or password" }] }),
+        )
+    } else {
+        // The known user gets what it asks for; anonymous clients a token
+        // that grants nothing.
+        let access: Vec<(String, Vec<String>)> = if known {
+            scopes
+                .iter()
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    match (parts.next(), parts.next(), parts.next()) {
+                        (Some("repository"), Some(name), Some(actions)) => {
+                            Some((name.to_string(), actions.split(',').map(str::to_string).collect()))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let subject = login.as_ref().map(|l| l.0.as_str()).unwrap_or_default();
+        let token = signer.mint(subject, &access);
+        (
+            "200 OK",
+            json!({ "token": token, "access_token": token, "expires_in": TOKEN_LIFETIME }),
+        )
+    };
+    log.lock().expect("token log").push(TokenRequest {
+        method,
+        user: login.map(|l| l.0),
+        scopes,
+        granted: status.starts_with("200"),
+    });
+    let body = answer.to_string();
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
 }
 
 fn registry_config(storage: &Path, port: u16) -> String {
@@ -956,6 +1478,114 @@ mod tests {
         let platforms: Vec<&str> = index.platforms.iter().map(|p| p.0.as_str()).collect();
         assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
         assert_ne!(index.platforms[0].2, index.platforms[1].2);
+    }
+
+    #[test]
+    fn registries_behind_a_login_let_in_only_their_user() {
+        let manifest = "/v2/private/busybox/manifests/v1";
+        for scheme in [AuthScheme::Basic, AuthScheme::Token] {
+            let registry = Registry::start_with_auth(scheme, "user", "pass:word");
+            assert_eq!(registry.login(), Some(("user", "pass:word")));
+            let image = registry.push_busybox("private/busybox", "v1");
+            let got = registry.get(manifest, OCI_MANIFEST);
+            assert_eq!(got.status, 200, "{scheme:?}: {}", got.text());
+            assert_eq!(sha256_digest(&got.body), image.manifest_digest);
+
+            let anonymous = registry.get_as(manifest, OCI_MANIFEST, None);
+            assert_eq!(anonymous.status, 401, "{scheme:?}: {}", anonymous.text());
+            let challenge = anonymous.header("www-authenticate").unwrap_or_default().to_string();
+            let wrong = basic_authorization("user", "wrong");
+            assert_eq!(registry.get_as(manifest, OCI_MANIFEST, Some(&wrong)).status, 401);
+            match registry.token_server() {
+                None => assert!(challenge.starts_with("Basic realm="), "{challenge}"),
+                Some(tokens) => {
+                    let realm = format!("realm=\"{}\"", tokens.realm());
+                    assert!(
+                        challenge.starts_with("Bearer ") && challenge.contains(&realm),
+                        "{challenge}"
+                    );
+                    assert!(
+                        challenge.contains(&format!("service=\"{TOKEN_SERVICE}\"")),
+                        "{challenge}"
+                    );
+                    // A token for another repository grants nothing here.
+                    let other = tokens.mint("user", &[("private/other".into(), vec!["pull".into()])]);
+                    let denied = registry.get_as(manifest, OCI_MANIFEST, Some(&format!("Bearer {other}")));
+                    assert_eq!(denied.status, 401, "{}", denied.text());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn token_server_grants_its_user_what_it_asks() {
+        let tokens = TokenServer::start("user", "pass:word");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .build()
+            .into();
+        let scope = "repository:private/busybox:pull";
+        let url = format!(
+            "{}?service={TOKEN_SERVICE}&scope={}",
+            tokens.realm(),
+            scope.replace(':', "%3A")
+        );
+        let claims = |body: &str| -> Value {
+            let answer: Value = serde_json::from_str(body).unwrap();
+            let token = answer["token"].as_str().unwrap();
+            let payload = token.split('.').nth(1).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+        };
+
+        let mut ok = agent
+            .get(&url)
+            .header("authorization", basic_authorization("user", "pass:word"))
+            .call()
+            .unwrap();
+        assert_eq!(ok.status().as_u16(), 200);
+        let granted = claims(&ok.body_mut().read_to_string().unwrap());
+        assert_eq!(granted["access"][0]["name"], "private/busybox");
+        assert_eq!(granted["access"][0]["actions"][0], "pull");
+        assert_eq!(granted["aud"], TOKEN_SERVICE);
+        assert_eq!(granted["iss"], TOKEN_ISSUER);
+
+        let wrong = agent
+            .get(&url)
+            .header("authorization", basic_authorization("user", "nope"))
+            .call()
+            .unwrap();
+        assert_eq!(wrong.status().as_u16(), 401);
+
+        // Anonymous: a token without access.
+        let mut anonymous = agent.get(&url).call().unwrap();
+        assert_eq!(anonymous.status().as_u16(), 200);
+        let nothing = claims(&anonymous.body_mut().read_to_string().unwrap());
+        assert_eq!(nothing["access"], json!([]));
+
+        // The OAuth2 password grant containerd's clients try first.
+        let form = format!(
+            "grant_type=password&username=user&password=pass%3Aword&service={TOKEN_SERVICE}&scope={}",
+            scope.replace(':', "%3A")
+        );
+        let mut posted = agent
+            .post(&tokens.realm())
+            .content_type("application/x-www-form-urlencoded")
+            .send(form.as_bytes())
+            .unwrap();
+        assert_eq!(posted.status().as_u16(), 200);
+        let body: Value = serde_json::from_str(&posted.body_mut().read_to_string().unwrap()).unwrap();
+        assert!(body["access_token"].is_string(), "{body}");
+
+        let log = tokens.requests();
+        assert_eq!(log.len(), 4, "{log:?}");
+        assert_eq!(
+            log.iter().map(|r| r.granted).collect::<Vec<_>>(),
+            [true, false, true, true]
+        );
+        assert_eq!(log[3].method, "POST");
+        assert_eq!(log[3].scopes, [scope]);
+        assert_eq!(url_decode("a%20b+c%3"), "a b c%3");
     }
 
     #[test]

@@ -25,7 +25,12 @@ use futures::StreamExt;
 use sha2::Digest as _;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::{media, oci::MAX_DOCUMENT_SIZE, reference::ImageRef, registry::Remote};
+use crate::{
+    media,
+    oci::MAX_DOCUMENT_SIZE,
+    reference::ImageRef,
+    registry::{Bound, Remote},
+};
 
 /// How often a download reports its bytes.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -367,8 +372,17 @@ impl Fetcher {
             self.emit("already exists", desc, parents, desc.size);
             return self.read(&desc.digest, what).await;
         }
+        if desc.size > MAX_DOCUMENT_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: its descriptor says {} bytes, more than the {MAX_DOCUMENT_SIZE} a manifest may have",
+                desc.size
+            )));
+        }
         self.announce(desc, parents);
-        let bytes = self.remote.manifest(&desc.digest, what).await?;
+        let bytes = self
+            .remote
+            .manifest(&desc.digest, what, Bound::Descriptor(desc.size))
+            .await?;
         check_document(&bytes, desc, what)?;
         self.fetched_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         self.store_bytes(desc, bytes.to_vec()).await?;

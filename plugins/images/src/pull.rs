@@ -34,7 +34,7 @@ use crate::{
     oci::{self, MAX_DOCUMENT_SIZE},
     platform,
     reference::ImageRef,
-    registry::{is_unauthorized, registry_auth, Remote},
+    registry::{registry_auth, Bound, Remote},
     unpack::{chain_ids, Unpacker},
 };
 
@@ -189,15 +189,15 @@ impl Inner {
 
         let mut remote = Remote::new(&image, plain_http, RegistryAuth::Anonymous)?;
         let what = format!("image {}", image.name());
-        let digest = match remote.resolve().await {
+        let digest = match remote.resolve(&what).await {
             Ok(digest) => digest,
-            Err(e) if is_unauthorized(&e) && request.credentials.is_some() => {
+            Err(e) if e.is_unauthorized() && request.credentials.is_some() => {
                 let source = request.credentials.as_ref().expect("checked above");
                 let credentials = source.credentials(image.registry(), &image.name()).await?;
                 remote = Remote::new(&image, plain_http, registry_auth(credentials)?)?;
-                remote.resolve().await.map_err(|e| remote.classify(e, &what))?
+                remote.resolve(&what).await.map_err(|e| remote.refused(e, &what))?
             }
-            Err(e) => return Err(remote.classify(e, &what)),
+            Err(e) => return Err(remote.refused(e, &what)),
         };
 
         let lease = self.create_lease(&ns).await?;
@@ -369,14 +369,8 @@ impl Inner {
         let bytes = if local {
             fetcher.read(&digest, &what).await?
         } else {
-            let bytes = fetcher.remote.manifest(&digest, &what).await?.to_vec();
-            if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
-                return Err(Error::InvalidArgument(format!(
-                    "{what}: {} bytes is more than a manifest may have",
-                    bytes.len()
-                )));
-            }
-            bytes
+            // Bounded by MAX_DOCUMENT_SIZE while it is read.
+            fetcher.remote.manifest(&digest, &what, Bound::Largest).await?.to_vec()
         };
         desc.size = bytes.len() as u64;
         desc.media_type = oci::sniff_media_type(&bytes).map_err(|e| context(e, &what))?;
