@@ -18,6 +18,7 @@ use std::{
 use nix::{sys::signal, unistd::Pid};
 
 pub mod registry;
+pub mod tasks;
 
 /// How long a daemon may take to come up or go down before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

@@ -45,6 +45,13 @@ fn from_msg(msg: Option<NamespaceMsg>) -> Namespace {
     }
 }
 
+/// containerd publishes /namespaces/create and /update in the namespace
+/// the request was made in (ctr's `-n`), and /delete in the deleted one.
+/// Without a header the event goes out in the namespace it is about.
+fn event_namespace(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    crate::request::namespace(metadata).ok()
+}
+
 #[tonic::async_trait]
 impl NamespacesApi for NamespacesService {
     async fn get(&self, request: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
@@ -69,6 +76,7 @@ impl NamespacesApi for NamespacesService {
         request: Request<CreateNamespaceRequest>,
     ) -> Result<Response<CreateNamespaceResponse>, Status> {
         let store = self.store.clone();
+        let origin = event_namespace(request.metadata());
         let ns = from_msg(request.into_inner().namespace);
         let created = blocking(move || store.create(&ns)).await?;
         let event = NamespaceCreate {
@@ -77,7 +85,7 @@ impl NamespacesApi for NamespacesService {
         };
         publish(
             &self.events,
-            &created.name,
+            origin.as_deref().unwrap_or(&created.name),
             "/namespaces/create",
             "containerd.events.NamespaceCreate",
             &event,
@@ -92,6 +100,7 @@ impl NamespacesApi for NamespacesService {
         request: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
         let store = self.store.clone();
+        let origin = event_namespace(request.metadata());
         let request = request.into_inner();
         let ns = from_msg(request.namespace);
         let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
@@ -102,7 +111,7 @@ impl NamespacesApi for NamespacesService {
         };
         publish(
             &self.events,
-            &updated.name,
+            origin.as_deref().unwrap_or(&updated.name),
             "/namespaces/update",
             "containerd.events.NamespaceUpdate",
             &event,
