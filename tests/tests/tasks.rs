@@ -64,6 +64,46 @@ fn run_rm_prints_output_and_passes_exit_codes() {
     env.assert_nothing_left(&["hello", "seven", "stderr"]);
 }
 
+/// Issue 5's last acceptance line: an image pulled by corten's server-side
+/// pull (not ctr's client-side one) runs with `ctr run`, and removing every
+/// image then the namespace leaves nothing.
+#[test]
+fn an_image_pulled_by_corten_runs() {
+    let env = Env::start("corten-pulled");
+    let reference = env.registry.push_busybox("corten-pulled", "1").reference;
+    let out = env
+        .d
+        .corten(&["--namespace", &env.ns, "images", "pull", "--plain-http", &reference]);
+    assert!(
+        out.status.success(),
+        "corten images pull: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        env.d.log()
+    );
+
+    let out = env.ctr(&[
+        "run",
+        "--rm",
+        &reference,
+        "pulled",
+        "sh",
+        "-c",
+        "echo from-corten; exit 5",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "from-corten\n");
+    env.assert_nothing_left(&["pulled"]);
+
+    env.ctr_ok("remove the images", &["images", "rm", "--sync", &reference, &env.image]);
+    for snapshotter in ["overlayfs", "native"] {
+        let listing = env.ctr_ok("list snapshots", &["snapshots", "--snapshotter", snapshotter, "ls"]);
+        assert_eq!(listing.lines().count(), 1, "{snapshotter} snapshots left:\n{listing}");
+    }
+    let content = env.ctr_ok("list content", &["content", "ls", "-q"]);
+    assert!(content.trim().is_empty(), "content left:\n{content}");
+    env.ctr_ok("remove the namespace", &["namespaces", "rm", &env.ns]);
+}
+
 /// ctr closes the task's stdin (CloseIO) when its own stdin ends. It can
 /// only do so once the task exists (before that ctr drops the close, in
 /// containerd too), so the input is written once the task runs.
