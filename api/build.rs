@@ -41,7 +41,6 @@ const PROTOS: &[&str] = &[
     "io/containerd/cgroups/v2/metrics.proto",
 ];
 
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptors = out.join("descriptors.bin");

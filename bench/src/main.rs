@@ -9,10 +9,12 @@ mod machine;
 mod probe;
 mod proc_status;
 mod pull;
+mod run;
 mod snapshots;
 mod startup;
 mod stats;
 mod table;
+mod tool;
 mod workdir;
 
 use std::process::ExitCode;
@@ -36,6 +38,8 @@ enum Command {
     Snapshots(snapshots::Args),
     /// The ~100 MiB multi-layer image from a local registry, `corten images pull` against `ctr images pull`
     Pull(pull::Args),
+    /// `ctr run --rm` latency, N containers started and removed at once, and the daemon's RSS meanwhile
+    Run(run::Args),
 }
 
 /// How results are printed; shared by every benchmark.
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Ingest(args) => ingest::run(args),
         Command::Snapshots(args) => snapshots::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Run(args) => run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -163,7 +163,8 @@ fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
     best
 }
 
-fn parse_mount_line(line: &str) -> Option<(String, &str, &str)> {
+/// `(mount point, filesystem type, source)` of one /proc/*/mountinfo line.
+pub fn parse_mount_line(line: &str) -> Option<(String, &str, &str)> {
     let (left, right) = line.split_once(" - ")?;
     let point = left.split(' ').nth(4)?.replace("\\040", " ");
     let mut right = right.split(' ');

@@ -36,12 +36,18 @@ impl DaemonArgs {
             binary: corten::locate(self.cortend.as_deref())?,
         }];
         if !self.no_reference {
-            subjects.push(Subject {
-                kind: Kind::Containerd,
-                binary: containerd::locate(&self.containerd)?,
-            });
+            subjects.push(self.reference()?);
         }
         Ok(subjects)
+    }
+
+    /// The reference alone, for a benchmark that can be run without corten
+    /// (to check the benchmark itself while corten cannot do its part yet).
+    pub fn reference(&self) -> anyhow::Result<Subject> {
+        Ok(Subject {
+            kind: Kind::Containerd,
+            binary: containerd::locate(&self.containerd)?,
+        })
     }
 }
 

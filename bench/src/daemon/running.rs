@@ -61,6 +61,30 @@ impl Running {
         self.child.as_ref().expect("daemon already reaped").id()
     }
 
+    /// The run's directories (root, state, socket).
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether the process is still there; reaps it if it has exited.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            // An error says nothing about the process: keep it, so that
+            // dropping this still kills it.
+            Some(Ok(None) | Err(_)) => true,
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The end of the daemon's own output, to explain a failure.
+    pub fn output_tail(&self) -> String {
+        self.log_tail()
+    }
+
     /// Polls with a fresh connection every `interval` until Version is
     /// answered. The wait between attempts is a blocking sleep because the
     /// async timer rounds to whole milliseconds, which at this scale would
