@@ -6,11 +6,13 @@ use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _};
 use corten_api::containerd::services::{
-    content::v1::content_client::ContentClient, diff::v1::diff_client::DiffClient,
+    containers::v1::containers_client::ContainersClient, content::v1::content_client::ContentClient,
+    diff::v1::diff_client::DiffClient, events::v1::events_client::EventsClient,
     images::v1::images_client::ImagesClient, introspection::v1::introspection_client::IntrospectionClient,
     leases::v1::leases_client::LeasesClient, namespaces::v1::namespaces_client::NamespacesClient,
     snapshots::v1::snapshots_client::SnapshotsClient, streaming::v1::streaming_client::StreamingClient,
-    transfer::v1::transfer_client::TransferClient, version::v1::version_client::VersionClient,
+    tasks::v1::tasks_client::TasksClient, transfer::v1::transfer_client::TransferClient,
+    version::v1::version_client::VersionClient,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
@@ -159,6 +161,18 @@ impl Connection {
 
     pub fn transfer(&self) -> TransferClient<Channel> {
         TransferClient::new(self.channel.clone())
+    }
+
+    pub fn containers(&self) -> ContainersClient<Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
     }
 }
 

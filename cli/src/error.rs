@@ -74,6 +74,23 @@ impl std::error::Error for ConnectError {}
 #[error("{0} operation(s) failed")]
 pub struct AlreadyReported(pub usize);
 
+/// A command ran a process whose exit status becomes the command's own
+/// (`corten run`, `corten tasks exec`); nothing is printed for it.
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitStatus(pub u32);
+
+impl ExitStatus {
+    /// The status as a process exit code: its low byte, as a shell sees
+    /// it, but never 0 for a failure.
+    pub fn code(&self) -> u8 {
+        match (self.0 & 0xff) as u8 {
+            0 if self.0 != 0 => 1,
+            code => code,
+        }
+    }
+}
+
 /// `err` with its context chain joined on one line, so output stays
 /// greppable and never spills a multi-line dump.
 pub fn one_line(err: &anyhow::Error) -> String {
@@ -118,6 +135,14 @@ mod tests {
     fn one_line_flattens_newlines_and_context() {
         let err = anyhow::anyhow!("first\nsecond").context("outer");
         assert_eq!(one_line(&err), "outer: first second");
+    }
+
+    #[test]
+    fn exit_status_codes() {
+        assert_eq!(ExitStatus(7).code(), 7);
+        assert_eq!(ExitStatus(137).code(), 137);
+        assert_eq!(ExitStatus(256).code(), 1);
+        assert_eq!(ExitStatus(257).code(), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod labels;
 mod mounts;
 mod output;
 mod progress;
+mod run;
 mod signals;
 
 use std::{process::ExitCode, time::Duration};
@@ -76,6 +77,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if error::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) if err.is::<error::AlreadyReported>() => ExitCode::from(EXIT_FAILURE),
+        Err(err) if err.is::<error::ExitStatus>() => ExitCode::from(
+            err.downcast_ref::<error::ExitStatus>()
+                .map_or(EXIT_FAILURE, |s| s.code()),
+        ),
         Err(err) => {
             error::report(&err);
             ExitCode::from(EXIT_FAILURE)

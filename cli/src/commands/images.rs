@@ -832,14 +832,14 @@ async fn resolve_config(
 // ---------------------------------------------------------------- leases
 
 /// A lease this command works under: its id, and the id ready to send.
-struct Lease {
-    id: String,
+pub(crate) struct Lease {
+    pub(crate) id: String,
     header: MetadataValue<Ascii>,
 }
 
 impl Lease {
     /// `message` as a request made under this lease.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.metadata_mut().insert(leases::LEASE_HEADER, self.header.clone());
         request
@@ -875,13 +875,13 @@ async fn create_lease(
 }
 
 /// A lease with a fresh id, for the length of one command.
-async fn create_temporary_lease(conn: &Connection) -> anyhow::Result<Lease> {
+pub(crate) async fn create_temporary_lease(conn: &Connection) -> anyhow::Result<Lease> {
     create_lease(conn, leases::random_id(SystemTime::now()), LEASE_TTL, HashMap::new()).await
 }
 
 /// Removes a lease, warning (not failing) when that does not work: it
 /// expires by itself.
-async fn release_lease(conn: &Connection, id: &str) {
+pub(crate) async fn release_lease(conn: &Connection, id: &str) {
     let mut client = conn.leases();
     let release = client.delete(DeleteLeaseRequest {
         id: id.to_string(),
@@ -1655,6 +1655,57 @@ async fn snapshot_exists(conn: &Connection, snapshotter: &str, key: &str) -> any
         Err(status) if status.code() == Code::NotFound => Ok(false),
         Err(status) => Err(rpc(status).context(format!("looking up snapshot {key:?} in {snapshotter}"))),
     }
+}
+
+// ---------------------------------------------------------------- for corten run
+
+/// An image ready to run a container from: its record's name, its config
+/// document as stored, and the chain ID of its layers, which is a
+/// committed snapshot in the snapshotter.
+pub(crate) struct RunnableImage {
+    pub(crate) name: String,
+    pub(crate) config: Vec<u8>,
+    pub(crate) chain_id: String,
+}
+
+/// Looks image `name` up for this machine's platform (or `platform`) and
+/// makes sure it is unpacked in `snapshotter`: the snapshot named by its
+/// chain ID exists and its config carries the GC reference to it. An image
+/// that is not gets unpacked first, under `lease`, as `ctr run` does.
+pub(crate) async fn runnable_image(
+    conn: &Connection,
+    lease: &Lease,
+    snapshotter: &str,
+    name: &str,
+    platform: Option<&str>,
+) -> anyhow::Result<RunnableImage> {
+    let platform = PlatformMatcher::from_flags(false, platform)?;
+    let image = get_image(conn, name).await?;
+    let target = target_of(&image);
+    let (_, manifest) = resolve_manifest(conn, &target, &platform).await?;
+    let config = read_blob(conn, &manifest.config).await?;
+    let parsed: ConfigJson =
+        serde_json::from_slice(&config).with_context(|| format!("parsing image config {}", manifest.config.digest))?;
+    let chain = chain_id(&parsed.rootfs.diff_ids);
+    let label = format!("{GC_REF_SNAPSHOT}{snapshotter}");
+    let mut unpacked = !chain.is_empty() && snapshot_exists(conn, snapshotter, &chain).await?;
+    if unpacked {
+        let request = InfoRequest {
+            digest: manifest.config.digest.clone(),
+        };
+        let info = conn.content().info(request).await.map_err(rpc)?.into_inner().info;
+        unpacked = info.is_some_and(|i| i.labels.get(&label) == Some(&chain));
+    }
+    if !unpacked {
+        unpack(conn, lease, snapshotter, &target, &platform)
+            .await
+            .with_context(|| format!("unpacking {name}"))?;
+    }
+    Ok(RunnableImage {
+        name: image.name,
+        config,
+        chain_id: chain,
+    })
 }
 
 // ---------------------------------------------------------------- import
@@ -2938,7 +2989,7 @@ async fn unmount(ctx: &Context, remove: bool, snapshotter: &str, target: String)
 
 /// Mounts each of `mounts` at `target` (or below it, for one with a
 /// target of its own), in order; undoes what it did if one fails.
-fn mount_all(mounts: &[Mount], target: &Path) -> anyhow::Result<()> {
+pub(crate) fn mount_all(mounts: &[Mount], target: &Path) -> anyhow::Result<()> {
     let mut done: Vec<PathBuf> = Vec::new();
     for m in mounts {
         let point = mount_point(target, &m.target);
@@ -3050,7 +3101,7 @@ fn mount_options(options: &[String]) -> (nix::mount::MsFlags, String) {
 
 /// Unmounts `target` until nothing is mounted there, riding out a
 /// briefly busy mount as containerd does.
-fn unmount_all(target: &Path) -> anyhow::Result<()> {
+pub(crate) fn unmount_all(target: &Path) -> anyhow::Result<()> {
     use nix::errno::Errno;
     let mut busy = 0;
     for _ in 0..64 {

@@ -2,13 +2,17 @@
 //! Adding a family means a new file here, a variant in [`Command`] and an
 //! arm in [`run`].
 
+pub mod containers;
 pub mod content;
+pub mod events;
 pub mod images;
 pub mod images_pull;
 pub mod leases;
 pub mod namespaces;
 pub mod plugins;
+pub mod run;
 pub mod snapshots;
+pub mod tasks;
 pub mod version;
 
 use clap::Subcommand;
@@ -39,6 +43,17 @@ pub enum Command {
     /// Manage images: list, tag, remove, import, export, mount and check them
     #[command(visible_aliases = ["image", "i"])]
     Images(images::Args),
+    /// Create a container from an image and run it
+    Run(run::Args),
+    /// Manage containers: the records tasks run from
+    #[command(visible_aliases = ["container", "c"])]
+    Containers(containers::Args),
+    /// Manage tasks: containers' running processes
+    #[command(visible_aliases = ["task", "t"])]
+    Tasks(tasks::Args),
+    /// Print the daemon's events as they happen
+    #[command(visible_alias = "event")]
+    Events(events::Args),
 }
 
 /// What every command may need from the global flags.
@@ -63,5 +78,9 @@ pub async fn run(command: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Leases(args) => leases::run(args, ctx).await,
         Command::Snapshots(args) => snapshots::run(args, ctx).await,
         Command::Images(args) => images::run(args, ctx).await,
+        Command::Run(args) => run::run(args, ctx).await,
+        Command::Containers(args) => containers::run(args, ctx).await,
+        Command::Tasks(args) => tasks::run(args, ctx).await,
+        Command::Events(args) => events::run(args, ctx).await,
     }
 }
