@@ -237,7 +237,28 @@ pub struct InitContext {
     pub ttrpc_address: String,
     /// Where a plugin registers its own Prometheus metrics.
     pub metrics: prometheus::Registry,
+    /// Resolves when the daemon begins to stop.
+    pub stopping: Stopping,
     pub(crate) plugins: Arc<PluginSet>,
+}
+
+/// The daemon's stop, as plugins see it: long-lived streams (event
+/// subscriptions) end when it begins, so a graceful stop does not wait for
+/// clients that would never hang up by themselves.
+#[derive(Clone)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// The sender begins the stop by sending `true`; dropping it counts as a stop too.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Stopping) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Stopping(rx))
+    }
+
+    /// Resolves once the stop has begun (or the registry is gone).
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
 }
 
 impl InitContext {

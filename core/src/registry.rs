@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use corten_config::{ConfigError, Loaded};
 use tracing::{info, warn};
 
-use crate::plugin::{CloseFn, InitContext, PluginRecord, PluginSet, Registration, Status};
+use crate::plugin::{CloseFn, InitContext, PluginRecord, PluginSet, Registration, Status, Stopping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -21,6 +21,7 @@ pub enum StartError {
 pub struct Registry {
     plugins: Arc<PluginSet>,
     closers: Vec<(String, CloseFn)>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Registry {
@@ -70,9 +71,11 @@ impl Registry {
 
         let order = init_order(&enabled)?;
         let plugins = Arc::new(PluginSet::default());
+        let (stop, stopping) = Stopping::new();
         let mut registry = Registry {
             plugins: plugins.clone(),
             closers: Vec::new(),
+            stop,
         };
         for index in order {
             let r = enabled[index];
@@ -86,6 +89,7 @@ impl Registry {
                 grpc_address: config.grpc.address.clone(),
                 ttrpc_address: config.ttrpc_address(),
                 metrics: metrics.clone(),
+                stopping: stopping.clone(),
                 plugins: plugins.clone(),
             };
             let plugin_config = decoded[index].take().expect("each plugin initialises once");
@@ -130,6 +134,11 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+
+    /// Tells every plugin the daemon is stopping (see [`Stopping`]).
+    pub fn begin_stop(&self) {
+        self.stop.send_replace(true);
     }
 
     pub fn plugins(&self) -> Arc<PluginSet> {

@@ -26,6 +26,9 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
 }
 
 async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    // Caught from here on: a stop asked for during plugin init is served
+    // once init is over, and plugins close in order.
+    let signals = shutdown::Signals::install().context("installing signal handlers")?;
     let config = &loaded.config;
     set_oom_score(config.oom_score);
     make_dir(&config.root)?;
@@ -48,7 +51,11 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         tokio::spawn(metrics::serve(listener, metrics_registry))
     });
 
-    let served = server::serve(listener, routes, grpc_metrics, shutdown::requested()).await;
+    let stop = async {
+        signals.requested().await;
+        plugins.begin_stop();
+    };
+    let served = server::serve(listener, routes, grpc_metrics, stop).await;
     if let Some(task) = metrics_task {
         task.abort();
     }

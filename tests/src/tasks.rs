@@ -605,6 +605,24 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Waits (within [`DEADLINE`]) for `ctr events` to end by itself, as it
+    /// does when the daemon ends its stream.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll ctr events") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "ctr events still running after {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Events {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -3,7 +3,7 @@
 
 use std::{os::unix::fs::PermissionsExt, process::Command};
 
-use corten_tests::{bin, ok, Daemon};
+use corten_tests::{bin, ok, tasks::Events, Daemon};
 
 #[test]
 fn sigterm_stops_cleanly_and_removes_the_socket() {
@@ -18,6 +18,18 @@ fn sigterm_stops_cleanly_and_removes_the_socket() {
         "{}",
         d.log()
     );
+}
+
+/// A subscriber never hangs up by itself: the daemon ends its stream when
+/// it stops, instead of waiting out the grace period for it.
+#[test]
+fn sigterm_ends_event_subscriptions() {
+    let mut d = Daemon::start();
+    let mut events = Events::subscribe(&d, "stop-events", &[]);
+    let status = d.stop();
+    assert!(status.success(), "exit status {status}");
+    events.wait_exit();
+    assert!(!d.log().contains("still running after"), "{}", d.log());
 }
 
 #[test]

@@ -24,7 +24,7 @@ use corten_core::{
     filters::{Adaptor, Filter},
     grpc::GrpcService,
     identifiers,
-    plugin::{InitContext, InitError, Instance, NoConfig, Plugin},
+    plugin::{InitContext, InitError, Instance, NoConfig, Plugin, Stopping},
     register_plugin,
 };
 use prost::Message;
@@ -44,6 +44,7 @@ const SUBSCRIBER_QUEUE: usize = 64;
 #[derive(Clone)]
 struct EventsService {
     exchange: Arc<dyn Exchange>,
+    stopping: Stopping,
 }
 
 fn envelope_msg(e: &Envelope) -> EnvelopeMsg {
@@ -298,11 +299,16 @@ impl EventsApi for EventsService {
         // client has its answer reaches it.
         let mut events = self.exchange.subscribe();
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let stopping = self.stopping.clone().wait();
         tokio::spawn(async move {
+            tokio::pin!(stopping);
             loop {
                 let received = tokio::select! {
                     received = events.recv() => received,
                     _ = tx.closed() => return,
+                    // The stream ends so the daemon's graceful stop need not
+                    // wait for the subscriber to hang up.
+                    _ = &mut stopping => return,
                 };
                 match received {
                     Ok(envelope) => {
@@ -331,7 +337,11 @@ impl Plugin for EventsServicePlugin {
 
     async fn init(ctx: InitContext, _: NoConfig) -> Result<Instance, InitError> {
         let exchange: Arc<dyn Exchange> = ctx.get(EVENTS)?;
-        let server = with_limits!(EventsServer::new(EventsService { exchange }), ctx);
+        let service = EventsService {
+            exchange,
+            stopping: ctx.stopping.clone(),
+        };
+        let server = with_limits!(EventsServer::new(service), ctx);
         Ok(Instance::new(GrpcService::new(move |routes| {
             routes.add_service(server.clone());
         })))
@@ -455,8 +465,10 @@ mod tests {
         use tokio_stream::StreamExt;
 
         let exchange = Arc::new(Tiny(tokio::sync::broadcast::channel(2).0));
+        let (_stop, stopping) = Stopping::new();
         let service = EventsService {
             exchange: exchange.clone(),
+            stopping,
         };
         let request = Request::new(SubscribeRequest {
             filters: vec![r#"topic!="/test/e4""#.into()],
