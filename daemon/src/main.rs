@@ -2,6 +2,7 @@
 
 mod cli;
 mod logging;
+mod malloc;
 mod metrics;
 mod plugins;
 mod run;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    malloc::limit_arenas();
     plugins::link();
     let args = cli::Args::parse();
     match cli::dispatch(args) {
