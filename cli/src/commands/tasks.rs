@@ -631,6 +631,17 @@ async fn metrics(ctx: &Context, id: &str) -> anyhow::Result<()> {
         .into_inner()
         .metrics;
     let Some(Metric { timestamp, id, data }) = metrics.into_iter().next() else {
+        // The daemon filters a task that does not exist out silently: say
+        // that it is not there rather than guess.
+        let request = GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        };
+        conn.tasks()
+            .get(request)
+            .await
+            .map_err(rpc)
+            .with_context(|| format!("metrics of task {id:?}"))?;
         bail!("task {id:?}: no metrics (is it running?)");
     };
     let Some(data) = data else {
