@@ -18,8 +18,9 @@ pub struct Layers<'a> {
 }
 
 pub trait Driver: Send + Sync + 'static {
-    /// The directories a new snapshot of `kind` gets.
-    fn dirs(&self, kind: Kind) -> &'static [DirSpec];
+    /// The directories a new snapshot of `kind` gets; `layered` when it has
+    /// a parent.
+    fn dirs(&self, kind: Kind, layered: bool) -> &'static [DirSpec];
 
     /// Fills a new snapshot's `fs` from its parent's, if it has one.
     fn populate(&self, fs: &Path, parent_fs: Option<&Path>) -> Result<(), Error>;

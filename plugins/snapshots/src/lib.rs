@@ -4,7 +4,9 @@
 //! - `store`: the namespaced [`Snapshotter`] both plugins are: records in the
 //!   metadata store, checks, leases, cleanup;
 //! - `backend`: snapshot directories by number, and the backend's own
-//!   state (which backend key names which directory, parents, usage);
+//!   state (which backend key names which directory, parents, usage); its
+//!   top holds the argument for why a crash leaves nothing half-made;
+//! - `spares`: snapshot directories made ahead of need, off the creations' path;
 //! - `driver`: what differs between the two: how a snapshot's files come to be
 //!   and how it is mounted;
 //! - `overlay`, `native`: the two drivers with their registrations and configs;
@@ -19,6 +21,7 @@ mod driver;
 mod native;
 mod overlay;
 mod plugin;
+mod spares;
 mod store;
 mod usage;
 

@@ -33,7 +33,7 @@ pub struct NativeConfig {
 pub struct Native;
 
 impl Driver for Native {
-    fn dirs(&self, _kind: Kind) -> &'static [DirSpec] {
+    fn dirs(&self, _kind: Kind, _layered: bool) -> &'static [DirSpec] {
         DIRS
     }
 

@@ -31,9 +31,11 @@ use crate::{
 pub const UPPERDIR_LABEL: &str = "containerd.io/snapshot/overlay.upperdir";
 
 /// overlayfs wants its work dir empty and on the upper's filesystem; 0711
-/// as containerd makes it.
-const ACTIVE_DIRS: &[DirSpec] = &[("fs", 0o755), ("work", 0o711)];
-const VIEW_DIRS: &[DirSpec] = &[("fs", 0o755)];
+/// as containerd makes it. Only an active snapshot with a parent is ever an
+/// overlay's upper: one without is a bind mount of its `fs` (as a view is),
+/// so it gets no work dir, one directory fewer to make and to remove.
+const UPPER_DIRS: &[DirSpec] = &[("fs", 0o755), ("work", 0o711)];
+const BIND_DIRS: &[DirSpec] = &[("fs", 0o755)];
 
 /// `[plugins."io.containerd.snapshotter.v1.overlayfs"]`, containerd 1.6's keys.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -141,10 +143,10 @@ fn probe_mount(root: &Path, index_off: bool) -> Result<(), String> {
 }
 
 impl Driver for Overlay {
-    fn dirs(&self, kind: Kind) -> &'static [DirSpec] {
+    fn dirs(&self, kind: Kind, layered: bool) -> &'static [DirSpec] {
         match kind {
-            Kind::Active => ACTIVE_DIRS,
-            Kind::View | Kind::Committed => VIEW_DIRS,
+            Kind::Active if layered => UPPER_DIRS,
+            Kind::Active | Kind::View | Kind::Committed => BIND_DIRS,
         }
     }
 

@@ -40,6 +40,14 @@ where
     })
     .await
     .map_err(|e| InitError::failed("open snapshotter", e))??;
-    let store: Arc<dyn Snapshotter> = Arc::new(opened);
-    Ok(Instance::new(store).export("root", exported))
+    let opened = Arc::new(opened);
+    let closing = opened.clone();
+    let store: Arc<dyn Snapshotter> = opened;
+    Ok(Instance::new(store)
+        .export("root", exported)
+        .on_close(move || async move {
+            if let Err(e) = tokio::task::spawn_blocking(move || closing.close()).await {
+                tracing::warn!("close snapshotter {id}: {e}");
+            }
+        }))
 }

@@ -3,9 +3,14 @@
 //! which keys a namespace has, their kind, parent and labels, and which
 //! backend key holds the files, so the backend never sees a user's key and
 //! two namespaces never share one.
+//!
+//! A creation keeps the backend's entry in memory and only its record is
+//! synced; [`SnapshotStore::open`] restores entries a crash lost from their
+//! records before anything is served. Why that is complete is argued at the
+//! top of the `backend` module.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -23,8 +28,10 @@ use corten_core::{
     Error,
 };
 
+use tracing::error;
+
 use crate::{
-    backend::Backend,
+    backend::{Backend, Lost, Referenced},
     driver::{Driver, Layers},
     usage::disk_usage,
 };
@@ -35,13 +42,15 @@ pub struct SnapshotStore {
     meta: Arc<dyn MetaStore>,
     backend: Backend,
     driver: Box<dyn Driver>,
-    /// The `<seq>` of backend keys. Seeded at open from the highest in use
-    /// in either store rather than kept in the metadata store: a counter
-    /// key would make every two creations conflict, and the GC and the
-    /// namespace checks read every key of the tree as `<ns>/<key>`. A number
-    /// no store holds any more may come round again after a restart, which
-    /// nothing can notice.
-    next_seq: AtomicU64,
+    /// The `<seq>` of backend keys, and the number of a new snapshot's
+    /// directory: a creation takes one number for both, which is what lets
+    /// the open restore an entry a crash lost from its record. Seeded at open
+    /// above the highest in use in either store or in `snapshots/` rather
+    /// than kept in the metadata store: a counter key would make every two
+    /// creations conflict, and the GC and the namespace checks read every key
+    /// of the tree as `<ns>/<key>`. A number nothing holds any more may come
+    /// round again after a restart, which nothing can notice.
+    next: AtomicU64,
     /// Held shared by a creation from its first backend write to its
     /// record's commit, and exclusively by cleanup, so cleanup never takes a
     /// snapshot whose record is on its way for garbage.
@@ -81,6 +90,65 @@ fn seq_of(backend_key: &str) -> Option<u64> {
     rest.split_once('/')?.0.parse().ok()
 }
 
+/// Makes again the backend entries of active snapshots and views whose
+/// records survived a crash that their pending entries did not,
+/// from the records alone; the argument is at the top of the `backend`
+/// module. `records` are the snapshotter's, by `<ns>/<key>`.
+fn restore(backend: &Backend, records: &[(String, Record)]) -> Result<(), Error> {
+    let by_key: HashMap<&str, &Record> = records.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    let mut lost = Vec::new();
+    for (key, record) in records {
+        if backend.id(&record.backend_key)?.is_some() {
+            continue;
+        }
+        // Committed entries are durable before their records: this one
+        // was lost some other way, and its number is not in its key.
+        if record.kind == Kind::Committed {
+            error!(key, "committed snapshot has no backend state");
+            continue;
+        }
+        let Some(id) = seq_of(&record.backend_key) else {
+            error!(key, backend_key = record.backend_key, "snapshot has no backend state");
+            continue;
+        };
+        let parent = match record.parent.as_str() {
+            "" => None,
+            parent => {
+                let ns = key.split_once('/').map_or("", |(ns, _)| ns);
+                let parent_key = String::from_utf8_lossy(&metadata::key(ns, parent)).into_owned();
+                match by_key.get(parent_key.as_str()) {
+                    Some(p) => backend.id(&p.backend_key)?,
+                    None => None,
+                }
+            }
+        };
+        if parent.is_none() && !record.parent.is_empty() {
+            error!(
+                key,
+                parent = record.parent,
+                "cannot restore a lost snapshot: its parent is gone"
+            );
+            continue;
+        }
+        lost.push(Lost {
+            key: record.backend_key.clone(),
+            id,
+            parent,
+        });
+    }
+    // Parents are older than their children: restored first, should a
+    // parent ever be among them.
+    lost.sort_by_key(|l| l.id);
+    let restored = backend.restore(&lost)?;
+    if restored > 0 {
+        tracing::warn!(
+            restored,
+            "restored the backend entries of snapshots from their records: the last run did not close"
+        );
+    }
+    Ok(())
+}
+
 impl SnapshotStore {
     /// Opens the snapshotter `id` (its plugin id, which names its metadata
     /// tree) with its files under `root`.
@@ -92,35 +160,70 @@ impl SnapshotStore {
     ) -> Result<SnapshotStore, Error> {
         // Mount sources must not depend on the daemon's working directory.
         let root = std::path::absolute(root).map_err(|e| Error::internal("snapshotter root", e))?;
-        let backend = Backend::open(&root, driver.dirs(Kind::Active))?;
+        // Spare directories are kept for the layouts creations ask for most:
+        // active snapshots with and without a parent.
+        let mut layouts = vec![driver.dirs(Kind::Active, false), driver.dirs(Kind::Active, true)];
+        layouts.dedup();
+        let backend = Backend::open(&root, &layouts)?;
         let tree = snapshots::tree(id);
-        let mut highest = backend.keys()?.iter().filter_map(|k| seq_of(k)).max().unwrap_or(0);
-        for (_, value) in meta.scan_prefix(&tree, b"")? {
-            if let Some(seq) = metadata::decode::<Record>(&value)
-                .ok()
-                .and_then(|r| seq_of(&r.backend_key))
-            {
-                highest = highest.max(seq);
+        let mut records = Vec::new();
+        for (key, value) in meta.scan_prefix(&tree, b"")? {
+            match metadata::decode::<Record>(&value) {
+                Ok(record) => records.push((String::from_utf8_lossy(&key).into_owned(), record)),
+                Err(e) => error!(key = %String::from_utf8_lossy(&key), "unreadable snapshot record: {e}"),
             }
         }
+        let highest = backend
+            .keys()?
+            .iter()
+            .chain(records.iter().map(|(_, r)| &r.backend_key))
+            .filter_map(|k| seq_of(k))
+            .chain([backend.highest_id()?])
+            .max()
+            .unwrap_or(0);
+        restore(&backend, &records)?;
+        let mut referenced = Vec::new();
+        for (_, record) in &records {
+            if let Some(id) = backend.id(&record.backend_key)? {
+                let dirs = match record.kind {
+                    Kind::Committed => None,
+                    kind => Some(driver.dirs(kind, !record.parent.is_empty())),
+                };
+                referenced.push(Referenced { id, dirs });
+            }
+        }
+        backend.repair_dirs(&referenced)?;
         Ok(SnapshotStore {
             tree,
             resource_kind: snapshots::resource_kind(id),
             meta,
             backend,
             driver,
-            next_seq: AtomicU64::new(highest + 1),
+            next: AtomicU64::new(highest + 1),
             creating: RwLock::new(()),
             removing: RwLock::new(()),
         })
+    }
+
+    /// Writes what the backend keeps in memory to its database, so the next
+    /// open has nothing to restore. Creations may still come after; they
+    /// are restored then, as after a crash.
+    pub fn close(&self) {
+        if let Err(e) = self.backend.sync() {
+            tracing::warn!("sync snapshot backend: {e}");
+        }
     }
 
     fn trees(&self) -> [&str; 4] {
         [&self.tree, namespaces::TREE, leases::TREE, leases::RESOURCES_TREE]
     }
 
-    fn backend_key(&self, ns: &str, key: &str) -> String {
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+    /// A number no snapshot and no backend key has had.
+    fn number(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn backend_key(ns: &str, seq: u64, key: &str) -> String {
         format!("{ns}/{seq}/{key}")
     }
 
@@ -219,12 +322,15 @@ impl SnapshotStore {
         };
         let parent_id = parent_record.as_ref().map(|r| self.backend_id(parent, r)).transpose()?;
         let parent_fs = parent_id.map(|id| self.backend.fs(id));
-        let backend_key = self.backend_key(ns, key);
-        let id = self
-            .backend
-            .create(&backend_key, parent_id, self.driver.dirs(kind), |fs| {
-                self.driver.populate(fs, parent_fs.as_deref())
-            })?;
+        let id = self.number();
+        let backend_key = Self::backend_key(ns, id, key);
+        self.backend.create(
+            id,
+            &backend_key,
+            parent_id,
+            self.driver.dirs(kind, parent_id.is_some()),
+            |fs| self.driver.populate(fs, parent_fs.as_deref()),
+        )?;
 
         let now = SystemTime::now();
         let record = metadata::encode(&Record {
@@ -373,7 +479,7 @@ impl Snapshotter for SnapshotStore {
         let id = self.backend_id(key, &active)?;
         // Measured once here: nothing writes to a committed snapshot.
         let usage = disk_usage(&self.backend.fs(id))?;
-        let backend_key = self.backend_key(ns, name);
+        let backend_key = Self::backend_key(ns, self.number(), name);
         self.backend.commit(id, &backend_key, usage)?;
 
         let now = SystemTime::now();

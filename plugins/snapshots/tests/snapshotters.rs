@@ -546,9 +546,14 @@ fn keys_never_become_paths(which: Which) {
     for path in tree(&f.root()) {
         let parts: Vec<_> = path.iter().map(|p| p.to_str().unwrap()).collect();
         let ok = match parts.as_slice() {
-            ["backend.redb"] | ["snapshots"] => true,
+            ["backend.redb"] | ["snapshots"] | ["spare"] | ["trash"] => true,
             ["snapshots", id, rest @ ..] => {
                 id.bytes().all(|b| b.is_ascii_digit()) && matches!(rest, [] | ["fs"] | ["work"] | ["fs", _])
+            }
+            // Directories made ahead of need, and kept to be, hold nothing.
+            ["spare", "husk", rest @ ..] => matches!(rest, [] | [_]),
+            ["spare", batch, rest @ ..] => {
+                batch.bytes().all(|b| b.is_ascii_digit()) && matches!(rest, [] | [_] | [_, "fs"] | [_, "work"])
             }
             _ => false,
         };
@@ -828,4 +833,140 @@ fn native_copies_keep_every_attribute() {
             .as_deref(),
         Some(&b"y"[..])
     );
+}
+
+/// Set in a child process (this test binary run again) to the snapshotter
+/// and the directory of the stores it crashes on.
+const CRASH_WHICH: &str = "CORTEN_SNAPSHOTS_CRASH_WHICH";
+const CRASH_DIR: &str = "CORTEN_SNAPSHOTS_CRASH_DIR";
+
+/// Not a test of its own: the child [`crash_after_creations`] starts. It
+/// opens the stores in `dir` as [`Fixture`] does, makes snapshots of every
+/// kind, writes a file into two, writes down what each call returned, and
+/// SIGKILLs itself: nothing is closed, flushed or synced after the last
+/// call returns.
+#[test]
+fn crash_child() {
+    let (Some(which), Some(dir)) = (std::env::var_os(CRASH_WHICH), std::env::var_os(CRASH_DIR)) else {
+        return;
+    };
+    let which = if which == "native" {
+        Which::Native
+    } else {
+        Which::Overlay
+    };
+    let dir = PathBuf::from(dir);
+    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.join("meta"), 1 << 20).unwrap());
+    let s = open(which, &dir.join("root"), meta, false);
+    let a = s.prepare("ns", "a", "", none(), None).unwrap();
+    let a_fs = bind_source(&a, true);
+    fs::write(Path::new(&a_fs).join("f"), b"committed").unwrap();
+    s.commit("ns", "c", "a", none(), None).unwrap();
+    let child = s.prepare("ns", "child", "c", none(), None).unwrap();
+    let child_fs = match which {
+        Which::Native => bind_source(&child, true),
+        Which::Overlay => option(&child[0], "upperdir").unwrap().to_string(),
+    };
+    fs::write(Path::new(&child_fs).join("g"), b"written before the crash").unwrap();
+    let view = s.view("ns", "v", "c", none(), None).unwrap();
+    let lone = s.prepare("ns", "lone", "", none(), None).unwrap();
+    let returned = format!("{child:?}\n{view:?}\n{lone:?}\n{child_fs}");
+    fs::write(dir.join("returned"), returned).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    unreachable!("SIGKILL is not caught");
+}
+
+/// The window the lazily committed backend entry opens: a creation has
+/// returned, so its metadata record is durable, but its backend entry is
+/// not. A SIGKILL there loses the entries; the next open restores them
+/// from the records, so every snapshot is what its creation returned.
+fn crash_after_creations(which: Which) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CRASH_WHICH, which.id())
+        .env(CRASH_DIR, dir.path())
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "the child did not reach its kill: {status}");
+    let returned = fs::read_to_string(dir.path().join("returned")).unwrap();
+
+    // The crash did lose them: the backend has only what the commit of `c`
+    // made durable.
+    let root = dir.path().join("root");
+    {
+        use redb::ReadableTable;
+        let db = redb::Database::open(root.join("backend.redb")).unwrap();
+        let txn = db.begin_read().unwrap();
+        let keys: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("keys");
+        let keys = txn.open_table(keys).unwrap();
+        let held: BTreeSet<String> = keys
+            .iter()
+            .unwrap()
+            .map(|kv| kv.unwrap().0.value().to_string())
+            .collect();
+        assert_eq!(held.len(), 2, "{held:?}: the active `a` and the committed `c`");
+    }
+
+    let meta: Arc<dyn MetaStore> = Arc::new(SledStore::open(&dir.path().join("meta"), 1 << 20).unwrap());
+    let store = open(which, &root, meta.clone(), false);
+    let f = Fixture {
+        dir,
+        which,
+        meta,
+        store,
+    };
+    let s = &f.store;
+    let child = s.mounts("ns", "child").unwrap();
+    let view = s.mounts("ns", "v").unwrap();
+    let lone = s.mounts("ns", "lone").unwrap();
+    let child_fs = returned.lines().nth(3).unwrap();
+    assert_eq!(returned, format!("{child:?}\n{view:?}\n{lone:?}\n{child_fs}"));
+    assert_eq!(
+        fs::read(Path::new(child_fs).join("g")).unwrap(),
+        b"written before the crash",
+        "the restored snapshot is the directory its creation returned"
+    );
+    for key in ["child", "v", "lone"] {
+        let record = f.record("ns", key).unwrap();
+        let seq = record.backend_key.split('/').nth(1).unwrap();
+        assert!(f.snapshot_dirs().contains(seq), "{key}: {}", record.backend_key);
+    }
+    assert_eq!(s.stat("ns", "child").unwrap().parent, "c");
+    assert_eq!(s.cleanup().unwrap(), 0, "nothing referenced is removed");
+
+    // Restored, they work as any other: commit, layer on, remove.
+    s.commit("ns", "c2", "child", none(), None).unwrap();
+    let top = s.view("ns", "top", "c2", none(), None).unwrap();
+    if which == Which::Overlay {
+        let lower = option(&top[0], "lowerdir").unwrap();
+        assert_eq!(lower.split(':').count(), 2, "{lower}");
+    } else {
+        let source = bind_source(&top, false);
+        assert_eq!(
+            fs::read(Path::new(&source).join("g")).unwrap(),
+            b"written before the crash"
+        );
+        assert_eq!(fs::read(Path::new(&source).join("f")).unwrap(), b"committed");
+    }
+    for key in ["top", "v", "lone", "c2", "c"] {
+        s.remove("ns", key).unwrap();
+    }
+    s.cleanup().unwrap();
+    assert!(f.snapshot_dirs().is_empty(), "{:?}", f.snapshot_dirs());
+
+    // And a second open finds nothing to restore or repair.
+    let f = f.reopen();
+    assert!(f.store.list("ns").unwrap().is_empty());
+}
+
+#[test]
+fn overlay_crash_after_creations() {
+    crash_after_creations(Which::Overlay);
+}
+
+#[test]
+fn native_crash_after_creations() {
+    crash_after_creations(Which::Native);
 }
