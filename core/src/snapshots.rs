@@ -145,8 +145,10 @@ pub trait Snapshotter: Send + Sync + 'static {
         labels: BTreeMap<String, String>,
         lease: Option<&str>,
     ) -> Result<(), Error>;
-    /// A snapshot with children is FailedPrecondition.
-    fn remove(&self, ns: &str, key: &str) -> Result<(), Error>;
+    /// A snapshot with children is FailedPrecondition. The `lease` of the
+    /// request, if any, stops referencing it, so a lease that outlives many
+    /// snapshots made and removed under it does not keep their names.
+    fn remove(&self, ns: &str, key: &str, lease: Option<&str>) -> Result<(), Error>;
     fn list(&self, ns: &str) -> Result<Vec<Info>, Error>;
     /// Removes backend state no record references (after a GC sweep, or
     /// the Cleanup RPC); returns how many backend snapshots went.

@@ -96,7 +96,7 @@ impl Unpacker {
             }
         };
         let abort = |why: Error| {
-            if let Err(e) = self.snapshotter.remove(&self.ns, &key) {
+            if let Err(e) = self.snapshotter.remove(&self.ns, &key, Some(&self.lease)) {
                 tracing::warn!("remove extraction snapshot {key:?}: {e}");
             }
             why

@@ -143,11 +143,12 @@ impl Snapshots for SnapshotsService {
 
     async fn remove(&self, request: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
         let ns = request::namespace(request.metadata())?;
+        let lease = request::lease(request.metadata())?;
         let r = request.into_inner();
         let sn = self.snapshotter(&r.snapshotter)?;
         let key = r.key.clone();
         let ns2 = ns.clone();
-        blocking(move || sn.remove(&ns2, &r.key)).await?;
+        blocking(move || sn.remove(&ns2, &r.key, lease.as_deref())).await?;
         publish(
             &self.events,
             &ns,

@@ -521,7 +521,7 @@ impl Snapshotter for SnapshotStore {
         Ok(())
     }
 
-    fn remove(&self, ns: &str, key: &str) -> Result<(), Error> {
+    fn remove(&self, ns: &str, key: &str, lease: Option<&str>) -> Result<(), Error> {
         identifiers::validate(ns)?;
         snapshots::validate_key(key)?;
         let record_key = metadata::key(ns, key);
@@ -538,9 +538,15 @@ impl Snapshotter for SnapshotStore {
         }
         // The files stay until cleanup: another process may still have them
         // mounted, and a crash must not leave a record without its files.
-        self.meta.transact(&[&self.tree], &|txn| {
+        let all = self.trees();
+        let trees = if lease.is_some() { &all[..] } else { &all[..1] };
+        self.meta.transact(trees, &|txn| {
             txn.get(&self.tree, &record_key)?.ok_or_else(|| not_found(key))?;
-            txn.remove(&self.tree, &record_key)
+            txn.remove(&self.tree, &record_key)?;
+            match lease {
+                Some(lease) => leases::remove_resource(txn, ns, lease, &self.resource(key)),
+                None => Ok(()),
+            }
         })
     }
 

@@ -271,13 +271,13 @@ fn lifecycle(which: Which) {
 
     // Parents go only after their children.
     for (key, child) in [("base", "top"), ("top", "v")] {
-        match s.remove("ns", key) {
+        match s.remove("ns", key, None) {
             Err(Error::FailedPrecondition(m)) => assert!(m.contains(child), "{m}"),
             other => panic!("remove {key}: {other:?}"),
         }
     }
     for key in ["v", "v1", "empty", "top", "base"] {
-        s.remove("ns", key).unwrap();
+        s.remove("ns", key, None).unwrap();
     }
     assert!(s.list("ns").unwrap().is_empty());
     assert!(!f.snapshot_dirs().is_empty(), "files stay until cleanup");
@@ -417,7 +417,7 @@ fn errors(which: Which) {
         Err(Error::FailedPrecondition(_))
     ));
     assert!(s.stat("ns", "d").is_err(), "failed commits leave no name");
-    assert!(matches!(s.remove("ns", "nothing"), Err(Error::NotFound(_))));
+    assert!(matches!(s.remove("ns", "nothing", None), Err(Error::NotFound(_))));
     assert!(matches!(s.stat("ns", "nothing"), Err(Error::NotFound(_))));
     assert!(matches!(s.usage("ns", "nothing"), Err(Error::NotFound(_))));
     assert!(matches!(s.mounts("ns", "nothing"), Err(Error::NotFound(_))));
@@ -475,7 +475,7 @@ fn namespaces_are_isolated(which: Which) {
         s.prepare("two", "child", "c", none(), None),
         Err(Error::NotFound(_))
     ));
-    assert!(matches!(s.remove("two", "c"), Err(Error::NotFound(_))));
+    assert!(matches!(s.remove("two", "c", None), Err(Error::NotFound(_))));
     assert_eq!(s.list("one").unwrap().len(), 1);
     assert_eq!(s.list("two").unwrap()[0].name, "k");
     assert!(s.list("three").unwrap().is_empty());
@@ -485,7 +485,7 @@ fn namespaces_are_isolated(which: Which) {
     namespaces.get("one").unwrap();
     namespaces.get("two").unwrap();
     assert!(matches!(namespaces.delete("two"), Err(Error::FailedPrecondition(_))));
-    s.remove("two", "k").unwrap();
+    s.remove("two", "k", None).unwrap();
     namespaces.delete("two").unwrap();
 
     let one = f.record("one", "c").unwrap();
@@ -603,7 +603,7 @@ fn cleanup_removes_what_no_record_names(which: Which) {
     if which == Which::Native {
         assert_eq!(fs::read(Path::new(&child[0].source).join("f")).unwrap(), b"kept");
     }
-    s.remove("ns", "child").unwrap();
+    s.remove("ns", "child", None).unwrap();
     assert_eq!(s.cleanup().unwrap(), 2, "the child, then the parent it held");
     assert!(f.snapshot_dirs().is_empty());
 }
@@ -657,6 +657,15 @@ fn leases_hold_what_is_made_under_them(which: Which) {
     ));
     assert!(f.record("ns", "b").is_none());
     assert_eq!(f.snapshot_dirs(), dirs, "an unknown lease leaves no files");
+
+    // Removing under the lease drops its reference, so a lease that sees
+    // many snapshots come and go does not keep all their names.
+    s.remove("ns", "v/1", Some("l")).unwrap();
+    assert_eq!(held(), vec![resource("c")]);
+    // Under another lease, or none, this lease's reference stays.
+    s.prepare("ns", "d", "c", none(), Some("l")).unwrap();
+    s.remove("ns", "d", None).unwrap();
+    assert_eq!(held(), vec![resource("c"), resource("d")]);
 }
 
 #[test]
@@ -716,7 +725,7 @@ fn removal_races_creation(which: Which) {
                 let _ = s.prepare("ns", &child, &parent, none(), None);
             });
             scope.spawn(|| {
-                let _ = s.remove("ns", &parent);
+                let _ = s.remove("ns", &parent, None);
             });
         });
         let has_child = s.stat("ns", &child).is_ok();
@@ -951,7 +960,7 @@ fn crash_after_creations(which: Which) {
         assert_eq!(fs::read(Path::new(&source).join("f")).unwrap(), b"committed");
     }
     for key in ["top", "v", "lone", "c2", "c"] {
-        s.remove("ns", key).unwrap();
+        s.remove("ns", key, None).unwrap();
     }
     s.cleanup().unwrap();
     assert!(f.snapshot_dirs().is_empty(), "{:?}", f.snapshot_dirs());
