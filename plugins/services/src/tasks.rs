@@ -30,6 +30,7 @@ use corten_core::{
     runtime::{self, CreateOpts, Exit, ProcessState, Runtime, Status as TaskStatus, Stdio, Task},
     Error,
 };
+use futures::future::join_all;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -211,15 +212,23 @@ impl TasksApi for TasksService {
 
     async fn list(&self, request: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         let ns = request::namespace(request.metadata())?;
-        let mut tasks = Vec::new();
-        for task in self.runtime.list(&ns).await {
-            // A task whose shim just went away is being cleaned up: leave it
-            // out rather than fail the whole listing.
-            match task.state("").await {
-                Ok(state) => tasks.push(process_msg(state)),
-                Err(e) => tracing::warn!(namespace = %ns, id = task.id(), "task state: {e}"),
-            }
-        }
+        let tasks = self.runtime.list(&ns).await;
+        // One shim per task: asking them together keeps a slow shim from
+        // holding up the rest.
+        let states = join_all(tasks.iter().map(|task| task.state(""))).await;
+        let tasks = tasks
+            .iter()
+            .zip(states)
+            .filter_map(|(task, state)| match state {
+                Ok(state) => Some(process_msg(state)),
+                // A task whose shim just went away is being cleaned up: leave
+                // it out rather than fail the whole listing.
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, id = task.id(), "task state: {e}");
+                    None
+                }
+            })
+            .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
@@ -319,20 +328,26 @@ impl TasksApi for TasksService {
     async fn metrics(&self, request: Request<MetricsRequest>) -> Result<Response<MetricsResponse>, Status> {
         let ns = request::namespace(request.metadata())?;
         let filter = Filter::parse_all(&request.get_ref().filters).map_err(to_status)?;
-        let mut metrics = Vec::new();
-        for task in self.runtime.list(&ns).await {
-            if !filter.matches(&TaskFields(task.as_ref())) {
-                continue;
-            }
+        let tasks = self.runtime.list(&ns).await;
+        let matching = tasks.iter().filter(|task| filter.matches(&TaskFields(task.as_ref())));
+        // As in `list`: the shims together, each stamped when it answers.
+        let metrics = join_all(matching.map(|task| async {
             match task.stats().await {
-                Ok(data) => metrics.push(Metric {
+                Ok(data) => Some(Metric {
                     timestamp: Some(SystemTime::now().into()),
                     id: task.id().to_string(),
                     data: data.map(any_msg),
                 }),
-                Err(e) => tracing::warn!(namespace = %ns, id = task.id(), "task stats: {e}"),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, id = task.id(), "task stats: {e}");
+                    None
+                }
             }
-        }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         Ok(Response::new(MetricsResponse { metrics }))
     }
 
