@@ -1,7 +1,8 @@
 //! Support for the container and task tests: a daemon beside a registry
 //! with the busybox image pulled into a containerd namespace of the test's
-//! own, the real `ctr` in that namespace (with a deadline), `ctr events`
-//! read line by line, and the checks that a container left nothing behind.
+//! own, the real `ctr` in that namespace (with a deadline), `ctr events` or
+//! `corten events` read line by line, and the checks that a container left
+//! nothing behind.
 //!
 //! runc and Debian's shim keep state under fixed paths keyed by namespace
 //! (`/run/containerd/runc/<ns>`), and ctr's default spec puts a container
@@ -474,13 +475,19 @@ impl Event {
     }
 }
 
-/// A running `ctr events [FILTERS...]`, its lines collected as they come.
+/// A running `ctr events [FILTERS...]` or `corten events [ARGS...]`, its
+/// lines collected as they come.
 pub struct Events {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
+    /// The CLI subscribed through, which also makes the markers of
+    /// [`Events::sync`]: ctr and corten take the same arguments for both.
+    program: PathBuf,
+    /// `ctr` or `corten`, for messages.
+    name: &'static str,
     socket: PathBuf,
-    filters: Vec<String>,
+    args: Vec<String>,
 }
 
 static MARKERS: AtomicUsize = AtomicUsize::new(0);
@@ -490,17 +497,27 @@ impl Events {
     /// which [`Events::sync`] proves with a marker in `marker_ns`. The
     /// filters must let `/namespaces/create` in `marker_ns` through.
     pub fn subscribe(d: &Daemon, marker_ns: &str, filters: &[&str]) -> Events {
-        let mut child = Command::new(system_tool("ctr", "containerd"))
+        Events::start(system_tool("ctr", "containerd"), "ctr", d, marker_ns, filters)
+    }
+
+    /// As [`Events::subscribe`], through our own `corten events ARGS...`
+    /// (filters, `--format json`), with the markers made by corten too.
+    pub fn subscribe_corten(d: &Daemon, marker_ns: &str, args: &[&str]) -> Events {
+        Events::start(crate::bin("corten"), "corten", d, marker_ns, args)
+    }
+
+    fn start(program: PathBuf, name: &'static str, d: &Daemon, marker_ns: &str, args: &[&str]) -> Events {
+        let mut child = Command::new(&program)
             .arg("--address")
             .arg(&d.socket)
             .arg("events")
-            .args(filters)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run ctr events");
-        let stdout = child.stdout.take().expect("ctr events stdout");
+            .unwrap_or_else(|e| panic!("run {name} events: {e}"));
+        let stdout = child.stdout.take().expect("events stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         let reader = std::thread::spawn(move || {
@@ -513,8 +530,10 @@ impl Events {
             child,
             lines,
             reader: Some(reader),
+            program,
+            name,
             socket: d.socket.clone(),
-            filters: filters.iter().map(|f| f.to_string()).collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         events.sync(marker_ns);
         events
@@ -532,8 +551,8 @@ impl Events {
                 std::process::id(),
                 MARKERS.fetch_add(1, Ordering::Relaxed)
             );
-            let ctr = |args: &[&str]| {
-                let child = Command::new(system_tool("ctr", "containerd"))
+            let cli = |args: &[&str]| {
+                let child = Command::new(&self.program)
                     .arg("--address")
                     .arg(&self.socket)
                     .arg("--namespace")
@@ -543,36 +562,41 @@ impl Events {
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
-                    .expect("run ctr");
-                wait_output(child, CTR_DEADLINE, "ctr namespaces")
+                    .unwrap_or_else(|e| panic!("run {}: {e}", self.name));
+                wait_output(child, CTR_DEADLINE, &format!("{} namespaces", self.name))
             };
-            let out = ctr(&["namespaces", "create", &marker]);
+            let out = cli(&["namespaces", "create", &marker]);
             assert!(
                 out.status.success(),
-                "ctr namespaces create {marker}: {}",
+                "{} namespaces create {marker}: {}",
+                self.name,
                 String::from_utf8_lossy(&out.stderr)
             );
+            // On the raw lines, so that it works for either output format
+            // (ctr's table line or corten's JSON object).
+            let quoted = format!("\"{marker}\"");
             let seen = |events: &Events| {
                 events
-                    .events()
+                    .lines()
                     .iter()
-                    .any(|e| e.topic == "/namespaces/create" && e.json()["name"] == marker.as_str())
+                    .any(|l| l.contains("/namespaces/create") && l.contains(&quoted))
             };
             let round = Instant::now();
             while !seen(self) && round.elapsed() < Duration::from_secs(2) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             let found = seen(self);
-            let _ = ctr(&["namespaces", "rm", &marker]);
+            let _ = cli(&["namespaces", "rm", &marker]);
             if found {
                 return;
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "ctr events {:?} never showed the /namespaces/create of a namespace created \
+                "{} events {:?} never showed the /namespaces/create of a namespace created \
                  from namespace {marker_ns} (containerd's envelope carries the creating \
                  request's namespace); it printed:\n{}",
-                self.filters,
+                self.name,
+                self.args,
                 self.lines().join("\n")
             );
         }
@@ -597,7 +621,8 @@ impl Events {
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "no event {what} after {DEADLINE:?}; ctr events printed:\n{}",
+                "no event {what} after {DEADLINE:?}; {} events printed:\n{}",
+                self.name,
                 self.lines().join("\n")
             );
             std::thread::sleep(Duration::from_millis(5));
@@ -606,17 +631,18 @@ impl Events {
 }
 
 impl Events {
-    /// Waits (within [`DEADLINE`]) for `ctr events` to end by itself, as it
-    /// does when the daemon ends its stream.
+    /// Waits (within [`DEADLINE`]) for the events command to end by itself,
+    /// as it does when the daemon ends its stream.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait().expect("poll ctr events") {
+            if let Some(status) = self.child.try_wait().expect("poll the events command") {
                 return status;
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "ctr events still running after {DEADLINE:?}"
+                "{} events still running after {DEADLINE:?}",
+                self.name
             );
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -8,20 +8,17 @@
 //! `corten_tests::tasks`).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    thread::JoinHandle,
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use corten_tests::{
     bin,
-    tasks::{cgroup_v2, in_terminal, parse_tasks, shim_pids, tail, wait_output, Env, Event, Task, CTR_DEADLINE},
+    tasks::{
+        cgroup_v2, in_terminal, parse_tasks, shim_pids, tail, wait_output, Env, Event, Events, Task, CTR_DEADLINE,
+    },
     wait_for, DEADLINE,
 };
 use nix::{
@@ -230,98 +227,6 @@ fn shell_words(args: &[&str]) -> String {
         .join(" ")
 }
 
-static MARKERS: AtomicUsize = AtomicUsize::new(0);
-
-/// A running `corten events ARGS...` (all namespaces), its stdout collected
-/// line by line as it comes.
-struct CortenEvents {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl CortenEvents {
-    /// Starts `corten events ARGS...` and returns once it is subscribed:
-    /// the `/namespaces/create` of a marker namespace (created from `env`'s
-    /// namespace) has come through.
-    fn subscribe(env: &Env, args: &[&str]) -> CortenEvents {
-        let mut child = Command::new(bin("corten"))
-            .arg("--address")
-            .arg(&env.d.socket)
-            .arg("events")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run corten events");
-        let stdout = child.stdout.take().expect("corten events stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let events = CortenEvents {
-            child,
-            lines,
-            reader: Some(reader),
-        };
-        events.sync(env);
-        events
-    }
-
-    /// A barrier: creates (then removes) marker namespaces until the
-    /// `/namespaces/create` of one arrives. Events reach a subscriber in
-    /// order, so whatever was published before has arrived on return.
-    fn sync(&self, env: &Env) {
-        let start = Instant::now();
-        loop {
-            let marker = format!(
-                "cli-sync-{}-{}",
-                std::process::id(),
-                MARKERS.fetch_add(1, Ordering::Relaxed)
-            );
-            corten_ok(env, "create a marker namespace", &["namespaces", "create", &marker]);
-            let seen = || {
-                self.lines()
-                    .iter()
-                    .any(|l| l.contains("/namespaces/create") && l.contains(&format!("\"{marker}\"")))
-            };
-            let round = Instant::now();
-            while !seen() && round.elapsed() < Duration::from_secs(2) {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let found = seen();
-            corten_ok(env, "remove a marker namespace", &["namespaces", "rm", &marker]);
-            if found {
-                return;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "corten events never showed the marker's /namespaces/create; it printed:\n{}",
-                self.lines().join("\n")
-            );
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for CortenEvents {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
 /// The `/tasks/*` topics of container `id` in `events` (table lines), in
 /// the order they came.
 fn task_topics(events: &[Event], id: &str) -> Vec<String> {
@@ -345,10 +250,14 @@ fn run_in_the_foreground_with_events() {
     let env = Env::start("cli-run-fg");
     let fifos = env.d.dir.path().join("fifo");
     let fifo_dir = fifos.to_string_lossy().into_owned();
-    let table = CortenEvents::subscribe(&env, &[]);
-    let json = CortenEvents::subscribe(&env, &["--format", "json"]);
+    let table = Events::subscribe_corten(&env.d, &env.ns, &[]);
+    let json = Events::subscribe_corten(&env.d, &env.ns, &["--format", "json"]);
     // Filters: any one matching lets an event through.
-    let exits = CortenEvents::subscribe(&env, &["topic==\"/tasks/exit\"", "topic==\"/namespaces/create\""]);
+    let exits = Events::subscribe_corten(
+        &env.d,
+        &env.ns,
+        &["topic==\"/tasks/exit\"", "topic==\"/namespaces/create\""],
+    );
 
     let run = |id: &str, command: &[&str]| {
         let mut args = vec!["run", "--rm", "--fifo-dir", &fifo_dir, &env.image, id];
@@ -536,7 +445,7 @@ fn run_in_the_foreground_with_events() {
     assert!(leases.trim().is_empty(), "leases left:\n{leases}");
 
     // The events, in containerd's order, in ctr's line format.
-    table.sync(&env);
+    table.sync(&env.ns);
     let events: Vec<Event> = table.lines().iter().filter_map(|l| Event::parse(l)).collect();
     let ours: Vec<&Event> = events.iter().filter(|e| e.namespace == env.ns).collect();
     for id in ["hello", "seven", "cat", "tty", "forward", "victim", "kept"] {
@@ -579,7 +488,7 @@ fn run_in_the_foreground_with_events() {
     assert!(create["pid"].as_u64().is_some_and(|p| p > 1), "{create}");
 
     // The same, one JSON object a line.
-    json.sync(&env);
+    json.sync(&env.ns);
     let objects: Vec<Value> = json
         .lines()
         .iter()
@@ -607,7 +516,7 @@ fn run_in_the_foreground_with_events() {
     assert!(exit["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{exit}");
 
     // Only what the filters let through.
-    exits.sync(&env);
+    exits.sync(&env.ns);
     let events: Vec<Event> = exits.lines().iter().filter_map(|l| Event::parse(l)).collect();
     assert!(
         events
