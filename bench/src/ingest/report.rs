@@ -8,7 +8,7 @@ use super::{
     ctr::Ctr,
     measure::{Measured, Plan, Route},
 };
-use crate::table::{align, percent};
+use crate::table::{cpus, daemon_lines, disk_line, field, notes, verdict, Daemon, Versus};
 use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
@@ -55,12 +55,6 @@ struct Tools {
     containerd: Option<Daemon>,
     ctr: String,
     openssl: String,
-}
-
-#[derive(Serialize)]
-struct Daemon {
-    binary: String,
-    version: String,
 }
 
 #[derive(Serialize)]
@@ -227,67 +221,49 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let reference = self.tools.containerd.is_some();
-        let mut header = vec![
-            "path",
-            "MiB/s",
-            "min-max",
-            "ratio to limit",
-            "of the time: flush at end",
-        ];
-        if reference {
-            header.push("corten / containerd");
-        }
-        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        let mut table = Versus::new(
+            &[
+                "path",
+                "MiB/s",
+                "min-max",
+                "ratio to limit",
+                "of the time: flush at end",
+            ],
+            self.tools.containerd.is_some(),
+        );
         for p in &self.paths {
-            let mut row = vec![
-                p.label.clone(),
-                format!("{:.1}", p.mib_per_s.median),
-                format!("{:.1}-{:.1}", p.mib_per_s.min, p.mib_per_s.max),
-                format!("{:.2}", p.ratio_to_limit),
-                p.flush_seconds.as_ref().map_or_else(String::new, |f| {
-                    format!(
-                        "{:.2} of {:.2} s ({:.0}%)",
-                        f.median,
-                        p.seconds.median,
-                        100.0 * f.median / p.seconds.median
-                    )
-                }),
-            ];
-            if reference {
-                row.push(p.ratio_to_containerd.map_or_else(String::new, |r| format!("{r:.2}")));
-            }
-            rows.push(row);
+            table.row(
+                vec![
+                    p.label.clone(),
+                    format!("{:.1}", p.mib_per_s.median),
+                    format!("{:.1}-{:.1}", p.mib_per_s.min, p.mib_per_s.max),
+                    format!("{:.2}", p.ratio_to_limit),
+                    p.flush_seconds.as_ref().map_or_else(String::new, |f| {
+                        format!(
+                            "{:.2} of {:.2} s ({:.0}%)",
+                            f.median,
+                            p.seconds.median,
+                            100.0 * f.median / p.seconds.median
+                        )
+                    }),
+                ],
+                p.ratio_to_containerd,
+            );
         }
 
-        let fs = &self.filesystem;
         let mut out = format!(
-            "ingest: {} MiB, {} runs, {} CPUs (CPU used by other work: {} before, {} during)\n",
+            "ingest: {} MiB, {} runs, {}\n",
             self.settings.size_mib,
             self.settings.runs,
-            self.machine.cpus,
-            percent(self.machine.busy_before),
-            percent(self.machine.busy_during),
+            cpus(&self.machine, ""),
         );
-        let _ = writeln!(
-            out,
-            "  disk:       {}{}{}, in {}",
-            fs.kind,
-            fs.source.as_ref().map_or_else(String::new, |s| format!(" on {s}")),
-            fs.mount_point
-                .as_ref()
-                .map_or_else(String::new, |m| format!(" (mounted at {m})")),
-            fs.dir
-        );
-        let daemon = &self.tools.cortend;
-        let _ = writeln!(out, "  corten:     {} (version {})", daemon.binary, daemon.version);
-        if let Some(c) = &self.tools.containerd {
-            let _ = writeln!(out, "  containerd: {} (version {})", c.binary, c.version);
-        }
-        let _ = writeln!(out, "  ctr:        {}", self.tools.ctr);
-        let _ = writeln!(out, "  openssl:    {}", self.tools.openssl);
+        disk_line(&mut out, &self.filesystem);
+        let t = &self.tools;
+        daemon_lines(&mut out, &t.cortend, t.containerd.as_ref());
+        field(&mut out, "ctr:", &t.ctr);
+        field(&mut out, "openssl:", &t.openssl);
         out.push('\n');
-        out.push_str(&align(&rows));
+        out.push_str(&table.render());
         out.push('\n');
         let limit_label = self
             .paths
@@ -304,7 +280,7 @@ impl Report {
             "target: corten API at {} of the limit or better: {:.2}, {}",
             self.target.ratio_to_limit,
             self.target.measured,
-            if self.target.met { "met" } else { "MISSED" }
+            verdict(self.target.met)
         );
         if let Some(via_ctr) = self.paths.iter().find(|p| p.path == Route::Ctr(Kind::Corten).key()) {
             let _ = writeln!(
@@ -325,9 +301,7 @@ impl Report {
             self.target.containerd_seen_ctr_mib_per_s, self.target.seen_sha256_mb_per_s, self.target.seen_disk_mb_per_s
         );
         let _ = writeln!(out, "input: {}", self.digest);
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
+        notes(&mut out, &self.notes);
         out
     }
 }

@@ -9,7 +9,7 @@ use super::{
     measure::{Plan, Series},
     tools::Tools,
 };
-use crate::table::{align, percent};
+use crate::table::{cpus, daemon_line, disk_line, field, notes, percent, verdict, Daemon, Versus};
 use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
@@ -57,12 +57,6 @@ struct ToolVersions {
     corten: Client,
     ctr: Client,
     registry: String,
-}
-
-#[derive(Serialize)]
-struct Daemon {
-    binary: String,
-    version: String,
 }
 
 #[derive(Serialize)]
@@ -206,63 +200,49 @@ impl Report {
     }
 
     pub fn table(&self) -> String {
-        let reference = self.ratio.is_some();
-        let mut header = vec!["daemon", "client", "wall s", "min-max", "MiB/s"];
-        if reference {
-            header.push("corten / containerd");
-        }
-        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        let mut table = Versus::new(
+            &["daemon", "client", "wall s", "min-max", "MiB/s"],
+            self.ratio.is_some(),
+        );
         for d in &self.daemons {
-            let mut row = vec![
-                d.daemon.to_string(),
-                d.client.to_string(),
-                format!("{:.3}", d.seconds.median),
-                format!("{:.3}-{:.3}", d.seconds.min, d.seconds.max),
-                format!("{:.1}", d.mib_per_s.median),
-            ];
-            if let Some(r) = self.ratio.filter(|_| d.daemon == Kind::Corten.name()) {
-                row.push(format!("{r:.2}"));
-            }
-            rows.push(row);
+            table.row(
+                vec![
+                    d.daemon.to_string(),
+                    d.client.to_string(),
+                    format!("{:.3}", d.seconds.median),
+                    format!("{:.3}-{:.3}", d.seconds.min, d.seconds.max),
+                    format!("{:.1}", d.mib_per_s.median),
+                ],
+                self.ratio.filter(|_| d.daemon == Kind::Corten.name()),
+            );
         }
 
-        let fs = &self.filesystem;
         let mut out = format!(
-            "pull: {} ({:.1} MiB compressed in {} layers), {} runs, {} CPUs \
-             (CPU used by other work: {} before, {} during, of which the registry {})\n",
+            "pull: {} ({:.1} MiB compressed in {} layers), {} runs, {}\n",
             self.image.reference,
             self.image.compressed_bytes as f64 / (1u64 << 20) as f64,
             self.image.layers,
             self.settings.runs,
-            self.machine.cpus,
-            percent(self.machine.busy_before),
-            percent(self.machine.busy_during),
-            percent(self.registry_cpu_share),
+            cpus(
+                &self.machine,
+                &format!(", of which the registry {}", percent(self.registry_cpu_share))
+            ),
         );
-        let _ = writeln!(
-            out,
-            "  disk:       {}{}{}, in {}",
-            fs.kind,
-            fs.source.as_ref().map_or_else(String::new, |s| format!(" on {s}")),
-            fs.mount_point
-                .as_ref()
-                .map_or_else(String::new, |m| format!(" (mounted at {m})")),
-            fs.dir
-        );
+        disk_line(&mut out, &self.filesystem);
         let t = &self.tools;
-        let _ = writeln!(
-            out,
-            "  corten:     {} (version {})",
-            t.cortend.binary, t.cortend.version
+        daemon_line(&mut out, "corten:", &t.cortend);
+        field(
+            &mut out,
+            "",
+            format_args!("client {} ({})", t.corten.binary, t.corten.version),
         );
-        let _ = writeln!(out, "              client {} ({})", t.corten.binary, t.corten.version);
         if let Some(c) = &t.containerd {
-            let _ = writeln!(out, "  containerd: {} (version {})", c.binary, c.version);
+            daemon_line(&mut out, "containerd:", c);
         }
-        let _ = writeln!(out, "  ctr:        {} ({})", t.ctr.binary, t.ctr.version);
-        let _ = writeln!(out, "  registry:   {}", t.registry);
+        field(&mut out, "ctr:", format_args!("{} ({})", t.ctr.binary, t.ctr.version));
+        field(&mut out, "registry:", &t.registry);
         out.push('\n');
-        out.push_str(&align(&rows));
+        out.push_str(&table.render());
         out.push('\n');
         match (self.target.measured, self.target.met) {
             (Some(measured), Some(met)) => {
@@ -270,7 +250,7 @@ impl Report {
                     out,
                     "target: corten at {} of containerd's wall time or less: {measured:.2}, {}",
                     self.target.ratio_to_containerd,
-                    if met { "met" } else { "MISSED" }
+                    verdict(met)
                 );
             }
             _ => {
@@ -287,9 +267,7 @@ impl Report {
             self.target.containerd_seen_seconds
         );
         let _ = writeln!(out, "image: {}", self.image.manifest_digest);
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
+        notes(&mut out, &self.notes);
         out
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     daemon::{Kind, Subject},
     machine::Machine,
     stats::Summary,
-    table::{align, percent},
+    table::{align, cpus, disk_line, field, notes, ratio, verdict},
     workdir::Filesystem,
 };
 
@@ -332,40 +332,24 @@ impl Report {
         }
 
         let mut out = format!(
-            "run: {}, {} × `ctr run --rm`, {} rounds of {n} containers, {} CPUs \
-             (CPU used by other work: {} before, {} during)\n",
+            "run: {}, {} × `ctr run --rm`, {} rounds of {n} containers, {}\n",
             self.image.reference,
             self.settings.runs,
             self.settings.rounds,
-            self.machine.cpus,
-            percent(self.machine.busy_before),
-            percent(self.machine.busy_during),
+            cpus(&self.machine, ""),
         );
-        let fs = &self.filesystem;
-        let _ = writeln!(
-            out,
-            "  disk:       {}{}{}, in {}",
-            fs.kind,
-            fs.source.as_ref().map_or_else(String::new, |s| format!(" on {s}")),
-            fs.mount_point
-                .as_ref()
-                .map_or_else(String::new, |m| format!(" (mounted at {m})")),
-            fs.dir
-        );
+        disk_line(&mut out, &self.filesystem);
         for d in &self.tools.daemons {
-            let _ = writeln!(
-                out,
-                "  {:<11} {} (version {}), namespace {}",
-                format!("{}:", d.daemon),
-                d.binary,
-                d.version,
-                d.namespace
+            field(
+                &mut out,
+                &format!("{}:", d.daemon),
+                format_args!("{} (version {}), namespace {}", d.binary, d.version, d.namespace),
             );
         }
         let tools = &self.tools;
-        let _ = writeln!(out, "  ctr:        {} ({})", tools.ctr.binary, tools.ctr.version);
-        let _ = writeln!(out, "  shim:       {} ({})", tools.shim.binary, tools.shim.version);
-        let _ = writeln!(out, "  runc:       {} ({})", tools.runc.binary, tools.runc.version);
+        for (label, tool) in [("ctr:", &tools.ctr), ("shim:", &tools.shim), ("runc:", &tools.runc)] {
+            field(&mut out, label, format_args!("{} ({})", tool.binary, tool.version));
+        }
         out.push('\n');
         out.push_str(&align(&rows));
         out.push('\n');
@@ -381,21 +365,14 @@ impl Report {
             t.containerd_seen_run_rm_ms, t.containerd_seen_rss_mib
         );
         let _ = writeln!(out, "image: {}", self.image.manifest_digest);
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
+        notes(&mut out, &self.notes);
         out
     }
 }
 
 /// `what: met`, `what: MISSED`, or `what: not judged`.
 fn judged(what: &str, met: Option<bool>) -> String {
-    let verdict = match met {
-        Some(true) => "met",
-        Some(false) => "MISSED",
-        None => "not judged",
-    };
-    format!("{what}: {verdict}")
+    format!("{what}: {}", met.map_or("not judged", verdict))
 }
 
 /// One measured quantity as a median row and a spread row.
@@ -418,7 +395,7 @@ impl Metric {
             spread.push(format!("{:.1}-{:.1} {unit}", s.min, s.max));
         }
         if ratio_column {
-            median.push(self.ratio.map_or_else(String::new, |r| format!("{r:.2}")));
+            median.push(ratio(self.ratio));
             spread.push(String::new());
         }
         median.push(self.target.clone());

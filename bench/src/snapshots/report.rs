@@ -10,7 +10,7 @@ use super::{
     measure::{Measured, Plan, Row},
     Snapshotter,
 };
-use crate::table::{align, percent};
+use crate::table::{cpus, daemon_lines, disk_line, field, notes, verdict, Daemon, Versus};
 use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
@@ -62,12 +62,6 @@ struct ToolVersions {
     containerd: Option<Daemon>,
     tar: String,
     gzip: String,
-}
-
-#[derive(Serialize)]
-struct Daemon {
-    binary: String,
-    version: String,
 }
 
 #[derive(Serialize)]
@@ -301,101 +295,84 @@ impl Report {
     pub fn table(&self) -> String {
         let reference = self.tools.containerd.is_some();
         let mut out = format!(
-            "snapshots: {} prepare + remove cycles, a {:.1} MiB gzip layer, {} runs, {} CPUs \
-             (CPU used by other work: {} before, {} during)\n",
+            "snapshots: {} prepare + remove cycles, a {:.1} MiB gzip layer, {} runs, {}\n",
             self.settings.cycles,
             self.layer.size as f64 / MIB,
             self.settings.runs,
-            self.machine.cpus,
-            percent(self.machine.busy_before),
-            percent(self.machine.busy_during),
+            cpus(&self.machine, ""),
         );
-        let fs = &self.filesystem;
-        let _ = writeln!(
-            out,
-            "  disk:       {}{}{}, in {}",
-            fs.kind,
-            fs.source.as_ref().map_or_else(String::new, |s| format!(" on {s}")),
-            fs.mount_point
-                .as_ref()
-                .map_or_else(String::new, |m| format!(" (mounted at {m})")),
-            fs.dir
-        );
-        let daemon = &self.tools.cortend;
-        let _ = writeln!(out, "  corten:     {} (version {})", daemon.binary, daemon.version);
-        if let Some(c) = &self.tools.containerd {
-            let _ = writeln!(out, "  containerd: {} (version {})", c.binary, c.version);
-        }
-        let _ = writeln!(out, "  tar:        {}; {}", self.tools.tar, self.tools.gzip);
+        disk_line(&mut out, &self.filesystem);
+        let t = &self.tools;
+        daemon_lines(&mut out, &t.cortend, t.containerd.as_ref());
+        field(&mut out, "tar:", format_args!("{}; {}", t.tar, t.gzip));
         let layer = &self.layer;
-        let _ = writeln!(
-            out,
-            "  layer:      {:.1} MiB gzip, {:.1} MiB tar: {} files, {} directories, {} symlinks",
-            layer.size as f64 / MIB,
-            layer.uncompressed as f64 / MIB,
-            layer.files,
-            layer.dirs,
-            layer.symlinks
+        field(
+            &mut out,
+            "layer:",
+            format_args!(
+                "{:.1} MiB gzip, {:.1} MiB tar: {} files, {} directories, {} symlinks",
+                layer.size as f64 / MIB,
+                layer.uncompressed as f64 / MIB,
+                layer.files,
+                layer.dirs,
+                layer.symlinks
+            ),
         );
-        let _ = writeln!(
-            out,
-            "  fsync:      {:.3} ms for a 4 KiB write + fsync in the benchmark directory ({:.3}-{:.3} over the rounds)",
-            self.fsync_ms.median, self.fsync_ms.min, self.fsync_ms.max
+        field(
+            &mut out,
+            "fsync:",
+            format_args!(
+                "{:.3} ms for a 4 KiB write + fsync in the benchmark directory ({:.3}-{:.3} over the rounds)",
+                self.fsync_ms.median, self.fsync_ms.min, self.fsync_ms.max
+            ),
         );
         out.push('\n');
 
-        let mut header = vec!["prepare + remove", "cycles/s", "min-max", "ms per cycle"];
-        if reference {
-            header.push("corten / containerd");
-        }
-        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        let mut table = Versus::new(&["prepare + remove", "cycles/s", "min-max", "ms per cycle"], reference);
         for c in &self.cycles {
-            let mut row = vec![
-                c.label.clone(),
-                format!("{:.0}", c.cycles_per_s.median),
-                format!("{:.0}-{:.0}", c.cycles_per_s.min, c.cycles_per_s.max),
-                format!("{:.3}", 1e3 / c.cycles_per_s.median),
-            ];
-            if reference {
-                row.push(c.ratio_to_containerd.map_or_else(String::new, |r| format!("{r:.2}")));
-            }
-            rows.push(row);
+            table.row(
+                vec![
+                    c.label.clone(),
+                    format!("{:.0}", c.cycles_per_s.median),
+                    format!("{:.0}-{:.0}", c.cycles_per_s.min, c.cycles_per_s.max),
+                    format!("{:.3}", 1e3 / c.cycles_per_s.median),
+                ],
+                c.ratio_to_containerd,
+            );
         }
-        out.push_str(&align(&rows));
+        out.push_str(&table.render());
         out.push('\n');
 
-        let mut header = vec![
-            "apply",
-            "MiB/s gzip",
-            "min-max",
-            "MiB/s tar",
-            "seconds",
-            "ratio to tar -xzf",
-            "with syncfs: s, MiB/s, ratio",
-        ];
-        if reference {
-            header.push("corten / containerd");
-        }
-        let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+        let mut table = Versus::new(
+            &[
+                "apply",
+                "MiB/s gzip",
+                "min-max",
+                "MiB/s tar",
+                "seconds",
+                "ratio to tar -xzf",
+                "with syncfs: s, MiB/s, ratio",
+            ],
+            reference,
+        );
         for a in &self.apply {
-            let mut row = vec![
-                a.label.clone(),
-                format!("{:.1}", a.mib_per_s.median),
-                format!("{:.1}-{:.1}", a.mib_per_s.min, a.mib_per_s.max),
-                format!("{:.1}", a.uncompressed_mib_per_s.median),
-                format!("{:.2}", a.seconds.median),
-                format!("{:.2}", a.ratio_to_tar),
-                format!(
-                    "+{:.2} s, {:.1}, {:.2}",
-                    a.syncfs_seconds.median, a.with_syncfs_mib_per_s, a.with_syncfs_ratio_to_tar
-                ),
-            ];
-            if reference {
-                row.push(a.ratio_to_containerd.map_or_else(String::new, |r| format!("{r:.2}")));
-            }
-            rows.push(row);
+            table.row(
+                vec![
+                    a.label.clone(),
+                    format!("{:.1}", a.mib_per_s.median),
+                    format!("{:.1}-{:.1}", a.mib_per_s.min, a.mib_per_s.max),
+                    format!("{:.1}", a.uncompressed_mib_per_s.median),
+                    format!("{:.2}", a.seconds.median),
+                    format!("{:.2}", a.ratio_to_tar),
+                    format!(
+                        "+{:.2} s, {:.1}, {:.2}",
+                        a.syncfs_seconds.median, a.with_syncfs_mib_per_s, a.with_syncfs_ratio_to_tar
+                    ),
+                ],
+                a.ratio_to_containerd,
+            );
         }
-        out.push_str(&align(&rows));
+        out.push_str(&table.render());
         out.push('\n');
 
         let _ = writeln!(
@@ -404,7 +381,6 @@ impl Report {
              {:.1} MiB/s with its syncfs",
             self.limit.mib_per_s, self.limit.with_syncfs_mib_per_s
         );
-        let verdict = |met: bool| if met { "met" } else { "MISSED" };
         let cycles: Vec<String> = self
             .targets
             .measured
@@ -454,9 +430,7 @@ impl Report {
             self.fsync_ms.median
         );
         let _ = writeln!(out, "layer: {} (tar {})", self.layer.digest, self.layer.diff_id);
-        for note in &self.notes {
-            let _ = writeln!(out, "note: {note}");
-        }
+        notes(&mut out, &self.notes);
         out
     }
 }
