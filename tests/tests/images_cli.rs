@@ -238,6 +238,32 @@ fn manifest_and_config_sizes(registry: &Registry, image: &PushedImage, name: &st
     (manifest.body.len() as u64, config.body.len() as u64)
 }
 
+/// A registry holding busybox as `test/busybox:latest` and a daemon into
+/// which ctr pulled it; the registry must outlive the test's use of it.
+fn busybox_pulled() -> (Registry, PushedImage, Daemon) {
+    let registry = Registry::start();
+    let image = registry.push_busybox("test/busybox", "latest");
+    let d = Daemon::start();
+    pull(&d, &image.reference);
+    (registry, image, d)
+}
+
+/// Asserts that `image`, imported from an archive, is stored as a pull by
+/// ctr leaves it: complete, unpacked into overlayfs, and mountable by ctr.
+fn assert_imported_as_pulled(d: &Daemon, image: &PushedImage) {
+    let reference = image.reference.as_str();
+    assert_checked(d, reference, "complete (2/2)");
+    let (layer, diff_id, _) = &image.layers[0];
+    assert_unpacked_labels(
+        d,
+        &image.manifest_digest,
+        &image.config_digest,
+        (layer, diff_id),
+        "overlayfs",
+    );
+    assert_ctr_mounts(d, reference, "ctr-mount");
+}
+
 /// ls, tag, check, inspect, export, rm --sync, import: an image pulled by
 /// ctr goes out through `corten images export` and comes back through
 /// `corten images import`, as ctr would have stored it.
@@ -423,11 +449,8 @@ fn list_tag_export_remove_import() {
 /// import` (from stdin, too), unpacked as ctr would have it.
 #[test]
 fn ctr_export_imports_with_corten() {
-    let registry = Registry::start();
-    let image = registry.push_busybox("test/busybox", "latest");
-    let d = Daemon::start();
+    let (_registry, image, d) = busybox_pulled();
     let reference = image.reference.as_str();
-    pull(&d, reference);
     let archive = d.dir.path().join("ctr-export.tar");
     ctr(&d, &["images", "export", archive.to_str().unwrap(), reference]);
     ctr(&d, &["images", "rm", "--sync", reference]);
@@ -438,16 +461,7 @@ fn ctr_export_imports_with_corten() {
         out.contains(&format!("unpacking {reference} ({})...done", image.manifest_digest)),
         "{out}"
     );
-    assert_checked(&d, reference, "complete (2/2)");
-    let (layer, diff_id, _) = &image.layers[0];
-    assert_unpacked_labels(
-        &d,
-        &image.manifest_digest,
-        &image.config_digest,
-        (layer, diff_id),
-        "overlayfs",
-    );
-    assert_ctr_mounts(&d, reference, "ctr-mount");
+    assert_imported_as_pulled(&d, &image);
     corten(&d, &["images", "rm", "--sync", reference]);
     assert_collected(&d);
 
@@ -477,27 +491,15 @@ fn ctr_export_imports_with_corten() {
 /// import`.
 #[test]
 fn corten_export_imports_with_ctr() {
-    let registry = Registry::start();
-    let image = registry.push_busybox("test/busybox", "latest");
-    let d = Daemon::start();
+    let (_registry, image, d) = busybox_pulled();
     let reference = image.reference.as_str();
-    pull(&d, reference);
     let archive = d.dir.path().join("corten-export.tar");
     corten(&d, &["images", "export", archive.to_str().unwrap(), reference]);
     corten(&d, &["images", "rm", "--sync", reference]);
     assert_collected(&d);
 
     ctr(&d, &["images", "import", archive.to_str().unwrap()]);
-    assert_checked(&d, reference, "complete (2/2)");
-    let (layer, diff_id, _) = &image.layers[0];
-    assert_unpacked_labels(
-        &d,
-        &image.manifest_digest,
-        &image.config_digest,
-        (layer, diff_id),
-        "overlayfs",
-    );
-    assert_ctr_mounts(&d, reference, "ctr-mount");
+    assert_imported_as_pulled(&d, &image);
     ctr(&d, &["images", "rm", "--sync", reference]);
     assert_collected(&d);
 }
@@ -507,12 +509,9 @@ fn corten_export_imports_with_ctr() {
 /// snapshot is left.
 #[test]
 fn mount_and_unmount() {
-    let registry = Registry::start();
-    let image = registry.push_busybox("test/busybox", "latest");
-    let d = Daemon::start();
-    let reference = image.reference.as_str();
     // Stored without unpacking: mount unpacks first.
-    pull(&d, reference);
+    let (_registry, image, d) = busybox_pulled();
+    let reference = image.reference.as_str();
     let archive = d.dir.path().join("export.tar");
     corten(&d, &["images", "export", archive.to_str().unwrap(), reference]);
     corten(&d, &["images", "rm", "--sync", reference]);

@@ -24,7 +24,8 @@ use clap::Subcommand;
 use corten_api::containerd::{
     services::{
         content::v1::{
-            InfoRequest, ReadContentRequest, UpdateRequest, WriteAction, WriteContentRequest, WriteContentResponse,
+            InfoRequest, ReadContentRequest, ReadContentResponse, UpdateRequest, WriteAction, WriteContentRequest,
+            WriteContentResponse,
         },
         diff::v1::ApplyRequest,
         images::v1::{
@@ -660,36 +661,77 @@ fn rpc_code(err: &anyhow::Error) -> Option<Code> {
 
 // ---------------------------------------------------------------- content store helpers
 
+/// A whole stored blob as the daemon streams it, each part checked to start
+/// where the one before ended, since a gap or overlap would corrupt what the
+/// caller assembles.
+struct BlobReader<'a> {
+    desc: &'a Descriptor,
+    stream: tonic::Streaming<ReadContentResponse>,
+    /// Bytes received so far.
+    position: i64,
+}
+
+impl<'a> BlobReader<'a> {
+    async fn open(conn: &Connection, desc: &'a Descriptor) -> anyhow::Result<BlobReader<'a>> {
+        let request = ReadContentRequest {
+            digest: desc.digest.clone(),
+            offset: 0,
+            size: 0,
+        };
+        let stream = conn
+            .content()
+            .read(request)
+            .await
+            .map_err(rpc)
+            .with_context(|| what_blob(desc))?
+            .into_inner();
+        Ok(BlobReader {
+            desc,
+            stream,
+            position: 0,
+        })
+    }
+
+    /// The next part's bytes; `None` at the end.
+    async fn next(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        let Some(part) = self
+            .stream
+            .message()
+            .await
+            .map_err(rpc)
+            .with_context(|| what_blob(self.desc))?
+        else {
+            return Ok(None);
+        };
+        if part.offset != self.position {
+            bail!(
+                "{}: the daemon sent offset {} when {} was next",
+                what_blob(self.desc),
+                part.offset,
+                self.position
+            );
+        }
+        self.position += part.data.len() as i64;
+        Ok(Some(part.data))
+    }
+}
+
+/// What the errors of reading blob `desc` say it was doing.
+fn what_blob(desc: &Descriptor) -> String {
+    format!("reading {} {}", BlobKind::of(&desc.media_type).name(), desc.digest)
+}
+
 /// Reads a JSON document (index, manifest, config) whole, checking it
 /// against its digest.
 async fn read_blob(conn: &Connection, desc: &Descriptor) -> anyhow::Result<Vec<u8>> {
-    let what = || format!("reading {} {}", BlobKind::of(&desc.media_type).name(), desc.digest);
+    let what = || what_blob(desc);
     if desc.size > MAX_JSON_BLOB {
         bail!("{}: {} bytes is too large for a JSON document", what(), desc.size);
     }
-    let request = ReadContentRequest {
-        digest: desc.digest.clone(),
-        offset: 0,
-        size: 0,
-    };
-    let mut stream = conn
-        .content()
-        .read(request)
-        .await
-        .map_err(rpc)
-        .with_context(what)?
-        .into_inner();
+    let mut reader = BlobReader::open(conn, desc).await?;
     let mut data = Vec::with_capacity(usize::try_from(desc.size).unwrap_or(0));
-    while let Some(part) = stream.message().await.map_err(rpc).with_context(what)? {
-        if part.offset != data.len() as i64 {
-            bail!(
-                "{}: the daemon sent offset {} when {} was next",
-                what(),
-                part.offset,
-                data.len()
-            );
-        }
-        data.extend_from_slice(&part.data);
+    while let Some(part) = reader.next().await? {
+        data.extend_from_slice(&part);
         if data.len() as i64 > MAX_JSON_BLOB {
             bail!("{}: too large for a JSON document", what());
         }
@@ -2744,39 +2786,24 @@ async fn copy_blob<W: Write>(
     tar: &mut TarWriter<W>,
     progress: &Progress,
 ) -> anyhow::Result<()> {
-    let what = || format!("reading {} {}", BlobKind::of(&desc.media_type).name(), desc.digest);
-    let request = ReadContentRequest {
-        digest: desc.digest.clone(),
-        offset: 0,
-        size: 0,
-    };
-    let mut stream = conn
-        .content()
-        .read(request)
-        .await
-        .map_err(rpc)
-        .with_context(what)?
-        .into_inner();
+    let what = || what_blob(desc);
+    let mut reader = BlobReader::open(conn, desc).await?;
     let mut hasher = Sha256::new();
-    let mut position: i64 = 0;
-    while let Some(part) = stream.message().await.map_err(rpc).with_context(what)? {
-        if part.offset != position {
-            bail!(
-                "{}: the daemon sent offset {} when {position} was next",
-                what(),
-                part.offset
-            );
-        }
-        position += part.data.len() as i64;
-        if position > desc.size {
+    while let Some(part) = reader.next().await? {
+        if reader.position > desc.size {
             bail!("{}: larger than the {} bytes its descriptor says", what(), desc.size);
         }
-        hasher.update(&part.data);
-        tar.data(&part.data)?;
-        progress.advance(part.data.len() as u64);
+        hasher.update(&part);
+        tar.data(&part)?;
+        progress.advance(part.len() as u64);
     }
-    if position != desc.size {
-        bail!("{}: {position} bytes where its descriptor says {}", what(), desc.size);
+    if reader.position != desc.size {
+        bail!(
+            "{}: {} bytes where its descriptor says {}",
+            what(),
+            reader.position,
+            desc.size
+        );
     }
     if desc.digest.starts_with("sha256:") && format!("sha256:{:x}", hasher.finalize()) != desc.digest {
         bail!("{}: the stored bytes do not match the digest", what());
