@@ -11,7 +11,7 @@
 //!
 //! Why redb rather than a second sled or a file per snapshot: it is an
 //! embedded ACID store with checksummed commits that cost one `fdatasync`,
-//! it starts no threads and keeps a cache we size to a few MiB, where a
+//! it starts no threads and keeps a cache we size to half a MiB, where a
 //! second sled would add its flusher threads and page cache to a daemon
 //! that idles at 8 MiB. A file per snapshot written atomically needs the
 //! file, its directory and `snapshots/` synced: three syncs per prepare.
@@ -104,9 +104,14 @@ const KEYS: TableDefinition<&str, u64> = TableDefinition::new("keys");
 /// Snapshot id -> [`Entry`], encoded with [`metadata::encode`].
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 
-/// redb keeps recently used pages in memory; the state is a few hundred
-/// bytes per snapshot, so a small cache holds all of it.
-const CACHE_BYTES: usize = 4 << 20;
+/// redb keeps recently used pages in memory (nine tenths of this for reads,
+/// a tenth for writes not yet committed); the state is a few hundred bytes
+/// per snapshot, so a small cache holds the hot part of it, and a miss is
+/// a `pread` of a page the kernel has cached. It is kept under the 532 KiB
+/// of allocator state redb writes when it creates a database: with room for
+/// it, the read cache would keep that buffer, which is never read again,
+/// resident for the daemon's life, in each snapshotter.
+const CACHE_BYTES: usize = 512 << 10;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
