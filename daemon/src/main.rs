@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    malloc::limit_arenas();
+    malloc::tune();
     plugins::link();
     let args = cli::Args::parse();
     match cli::dispatch(args) {
