@@ -3,19 +3,42 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use anyhow::Context as _;
+use tracing_subscriber::{
+    filter::{LevelFilter, Targets},
+    layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
+    Layer as _,
+};
+
+/// Our crates: they log at the level asked for, everything else at `warn`.
+const OURS: [&str; 7] = [
+    "corten",
+    "cortend",
+    "corten_core",
+    "corten_metadata",
+    "corten_events",
+    "corten_services",
+    "corten_daemon",
+];
 
 pub fn init(level: &str, format: &str) -> anyhow::Result<()> {
     let level = if level.is_empty() { "info" } else { level };
-    // Dependencies (h2, sled) are chatty at debug; our crates get the level asked for.
-    let filter = EnvFilter::try_new(format!("warn,corten={level},cortend={level},corten_core={level},corten_metadata={level},corten_events={level},corten_services={level},corten_daemon={level}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let level: LevelFilter = level.parse().with_context(|| format!("invalid log level {level:?}"))?;
+    // Dependencies (h2, sled) are chatty at debug. A plain target filter
+    // rather than `EnvFilter`: the directives are fixed, and `EnvFilter`'s
+    // span and field matching is code the daemon would load for nothing.
+    let filter = Targets::new()
+        .with_default(LevelFilter::WARN)
+        .with_targets(OURS.map(|target| (target, level)));
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
-        "json" => builder.json().init(),
-        "" | "text" => builder.init(),
+        "json" => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter))
+            .init(),
+        "" | "text" => tracing_subscriber::registry().with(layer.with_filter(filter)).init(),
         other => anyhow::bail!("[debug] format {other:?} is not text or json"),
     }
     Ok(())
