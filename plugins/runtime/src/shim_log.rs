@@ -15,13 +15,18 @@ use tokio::{
     task::JoinHandle,
 };
 
+/// The read buffer. One lives per running shim, and at the default 8 KiB
+/// it was the largest allocation the daemon kept per container; a shim
+/// writes a few short lines in its life, and a longer one takes more reads.
+const LINE_BUFFER: usize = 512;
+
 /// Starts copying the FIFO at `path` into the daemon's log. Abort the
 /// handle when the shim is gone.
 pub fn follow(path: &Path, namespace: &str, id: &str) -> std::io::Result<JoinHandle<()>> {
     let receiver = pipe::OpenOptions::new().read_write(true).open_receiver(path)?;
     let (namespace, id) = (namespace.to_string(), id.to_string());
     Ok(tokio::spawn(async move {
-        let mut lines = BufReader::new(receiver).lines();
+        let mut lines = BufReader::with_capacity(LINE_BUFFER, receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             emit(&namespace, &id, &line);
         }
