@@ -1,13 +1,14 @@
 //! Finding and configuring the reference: Debian's containerd 1.6.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{bail, Context as _};
 
-use super::{toml_string, Layout};
+use super::{metrics_table, toml_string, Layout};
 
 pub const DEFAULT_BINARY: &str = "/usr/bin/containerd";
 
@@ -26,8 +27,9 @@ pub fn locate(path: &Path) -> anyhow::Result<PathBuf> {
 /// up networking that says nothing about the daemon core. Every listener
 /// besides the gRPC socket is either off or moved into the run's directory so
 /// runs cannot collide with each other or with a system containerd. The `opt`
-/// plugin would otherwise create /opt/containerd.
-pub fn command(binary: &Path, layout: &Layout) -> anyhow::Result<Command> {
+/// plugin would otherwise create /opt/containerd. Metrics are served only
+/// where `metrics` gives a (free) address.
+pub fn command(binary: &Path, layout: &Layout, metrics: Option<SocketAddr>) -> anyhow::Result<Command> {
     let mut ttrpc = layout.socket.clone().into_os_string();
     ttrpc.push(".ttrpc");
     let config = format!(
@@ -39,13 +41,14 @@ pub fn command(binary: &Path, layout: &Layout) -> anyhow::Result<Command> {
          [grpc]\n  address = {grpc}\n\
          [ttrpc]\n  address = {ttrpc}\n\
          [debug]\n  address = \"\"\n\
-         [metrics]\n  address = \"\"\n\
+         {metrics}\
          [plugins.\"io.containerd.internal.v1.opt\"]\n  path = {opt}\n",
         root = toml_string(&layout.root)?,
         state = toml_string(&layout.state)?,
         grpc = toml_string(&layout.socket)?,
         ttrpc = toml_string(Path::new(&ttrpc))?,
         opt = toml_string(&layout.path("opt"))?,
+        metrics = metrics_table(metrics),
     );
     std::fs::write(&layout.config, config).with_context(|| format!("write {}", layout.config.display()))?;
     let mut command = Command::new(binary);

@@ -1,13 +1,14 @@
 //! Finding and configuring cortend.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{bail, Context as _};
 
-use super::Layout;
+use super::{metrics_table, Layout};
 
 const BUILD_HINT: &str = "build it with `cargo build --release -p corten-daemon` or pass --cortend PATH";
 
@@ -29,10 +30,11 @@ pub fn locate(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The metrics listener is switched off so that runs (and other people's
-/// daemons on this machine) never fight over its fixed port.
-pub fn command(binary: &Path, layout: &Layout) -> anyhow::Result<Command> {
-    std::fs::write(&layout.config, "version = 2\n\n[metrics]\naddress = \"\"\n")
+/// The metrics listener is switched off, unless `metrics` gives it a (free)
+/// address, so that runs (and other people's daemons on this machine) never
+/// fight over its fixed default port.
+pub fn command(binary: &Path, layout: &Layout, metrics: Option<SocketAddr>) -> anyhow::Result<Command> {
+    std::fs::write(&layout.config, format!("version = 2\n\n{}", metrics_table(metrics)))
         .with_context(|| format!("write {}", layout.config.display()))?;
     let mut command = Command::new(binary);
     command

@@ -83,10 +83,21 @@ impl Subject {
     /// As `launch`, with the daemon's root and state in a new directory
     /// under `data` (see `Layout::with_data_in`).
     pub fn launch_with_data_in(&self, data: Option<&std::path::Path>) -> anyhow::Result<Running> {
+        self.launch_with_metrics(data, None)
+    }
+
+    /// As `launch_with_data_in`, serving Prometheus metrics (with the gRPC
+    /// handling-time histogram) at `metrics` where given; otherwise the
+    /// metrics endpoint is off.
+    pub fn launch_with_metrics(
+        &self,
+        data: Option<&std::path::Path>,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Running> {
         let layout = Layout::with_data_in(self.kind.name(), data)?;
         let command: Command = match self.kind {
-            Kind::Corten => corten::command(&self.binary, &layout)?,
-            Kind::Containerd => containerd::command(&self.binary, &layout)?,
+            Kind::Corten => corten::command(&self.binary, &layout, metrics)?,
+            Kind::Containerd => containerd::command(&self.binary, &layout, metrics)?,
         };
         Running::spawn(self.kind.name(), command, layout)
     }
@@ -109,6 +120,15 @@ fn toml_string(path: &std::path::Path) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("path is not UTF-8: {}", path.display()))?;
     anyhow::ensure!(!s.chars().any(char::is_control), "path has control characters: {s:?}");
     Ok(format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+}
+
+/// The `[metrics]` table of either daemon's config: off, or serving at
+/// `address` with the gRPC handling-time histogram.
+fn metrics_table(address: Option<std::net::SocketAddr>) -> String {
+    match address {
+        None => "[metrics]\n  address = \"\"\n".to_string(),
+        Some(a) => format!("[metrics]\n  address = \"{a}\"\n  grpc_histogram = true\n"),
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use super::{
     host::{self, Runtime},
     interrupt,
+    rpc_breakdown::{Breakdown, Recorder},
     session::Session,
 };
 use crate::{daemon::Kind, proc_status};
@@ -47,8 +48,14 @@ pub struct Series {
     pub fifos_left: usize,
 }
 
-/// Series in the order of `sessions`.
-pub fn run(plan: &Plan, sessions: &[Session<'_>], runtime: &Runtime, reference: &str) -> anyhow::Result<Vec<Series>> {
+/// Series in the order of `sessions`, and the gRPC time per method of the
+/// measured `ctr run --rm` runs where the sessions serve metrics.
+pub fn run(
+    plan: &Plan,
+    sessions: &[Session<'_>],
+    runtime: &Runtime,
+    reference: &str,
+) -> anyhow::Result<(Vec<Series>, Option<Breakdown>)> {
     let mut series: Vec<Series> = sessions
         .iter()
         .map(|s| Series {
@@ -79,6 +86,7 @@ pub fn run(plan: &Plan, sessions: &[Session<'_>], runtime: &Runtime, reference: 
                 .with_context(|| format!("{} warm-up run {}", session.kind.name(), round + 1))?;
         }
     }
+    let recorder = Recorder::start(sessions)?;
     for round in 0..plan.runs {
         for (session, into) in sessions.iter().zip(&mut series) {
             progress.say(format_args!(
@@ -93,6 +101,7 @@ pub fn run(plan: &Plan, sessions: &[Session<'_>], runtime: &Runtime, reference: 
             into.run_rm.push(elapsed.as_secs_f64());
         }
     }
+    let breakdown = recorder.finish(sessions, plan.runs)?;
     for (session, into) in sessions.iter().zip(&mut series) {
         into.fifos_left += session
             .check_empty()
@@ -121,7 +130,7 @@ pub fn run(plan: &Plan, sessions: &[Session<'_>], runtime: &Runtime, reference: 
         }
     }
     progress.done();
-    Ok(series)
+    Ok((series, breakdown))
 }
 
 fn run_rm(session: &Session<'_>, reference: &str, id: &str) -> anyhow::Result<Duration> {

@@ -10,6 +10,7 @@ mod interrupt;
 mod jobs;
 mod measure;
 mod report;
+mod rpc_breakdown;
 mod session;
 
 use std::{
@@ -71,6 +72,10 @@ pub struct Args {
     /// `ctr` from containerd 1.6: the client for both daemons
     #[arg(long, value_name = "PATH", default_value = ctr::DEFAULT_BINARY)]
     pub ctr: PathBuf,
+    /// Keep both daemons' metrics endpoints off, and print no gRPC time
+    /// per method for the `ctr run --rm` runs
+    #[arg(long)]
+    pub no_rpc_breakdown: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -119,13 +124,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &ctr,
             &runtime,
             &image.reference,
+            !args.no_rpc_breakdown,
         )?);
     }
     // Only the pulls needed it; it would count as other work while measuring.
     drop(registry);
 
     let watch = Watch::start();
-    let mut measured = measure::run(&plan, &sessions, &runtime, &image.reference)?;
+    let (mut measured, breakdown) = measure::run(&plan, &sessions, &runtime, &image.reference)?;
     let machine = watch.finish();
     for (session, series) in sessions.into_iter().zip(&mut measured) {
         series.fifos_left += session.finish()?;
@@ -143,10 +149,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let report = report::Report::new(context, measured);
     match args.format {
-        Format::Table => print!("{}", report.table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            print!("{}", report.table());
+            if let Some(breakdown) = &breakdown {
+                print!("{}", breakdown.table());
+            }
+        }
+        Format::Json => {
+            let json = WithBreakdown {
+                report: &report,
+                rpc_breakdown: breakdown.as_ref(),
+            };
+            println!("{}", serde_json::to_string_pretty(&json)?)
+        }
     }
     Ok(())
+}
+
+/// The report's JSON, then `rpc_breakdown` where there is one.
+#[derive(serde::Serialize)]
+struct WithBreakdown<'a> {
+    #[serde(flatten)]
+    report: &'a report::Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rpc_breakdown: Option<&'a rpc_breakdown::Breakdown>,
 }
 
 /// A shim of the same name beside cortend could be what corten starts

@@ -3,6 +3,7 @@
 //! benchmark ends.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -12,6 +13,7 @@ use anyhow::{bail, Context as _};
 use super::{
     ctr::{Client, Ctr},
     host::{self, Runtime, Shim},
+    rpc_breakdown,
 };
 use crate::{
     daemon::{Kind, Running, Subject},
@@ -31,6 +33,8 @@ pub struct Session<'a> {
     pub kind: Kind,
     pub version: String,
     pub namespace: String,
+    /// Where the daemon serves its Prometheus metrics, if it does.
+    pub metrics: Option<SocketAddr>,
     ctr: &'a Ctr,
     runtime: &'a Runtime,
     reference: String,
@@ -42,19 +46,22 @@ pub struct Session<'a> {
 
 impl<'a> Session<'a> {
     /// Starts the daemon on a root in `workdir` and pulls `reference` into
-    /// namespace `bench-<daemon>` (not timed).
+    /// namespace `bench-<daemon>` (not timed). With `metrics`, the daemon
+    /// serves its metrics on a free loopback port.
     pub fn start(
         subject: &Subject,
         workdir: &Workdir,
         ctr: &'a Ctr,
         runtime: &'a Runtime,
         reference: &str,
+        metrics: bool,
     ) -> anyhow::Result<Session<'a>> {
         let namespace = format!("bench-{}", subject.kind.name());
         host::check_namespace_free(&namespace)?;
         let fifo_dir = workdir.file(&format!("fifo-{}", subject.kind.name()));
         std::fs::create_dir(&fifo_dir).with_context(|| format!("create {}", fifo_dir.display()))?;
-        let mut daemon = subject.launch_with_data_in(Some(workdir.path()))?;
+        let metrics = metrics.then(rpc_breakdown::free_loopback).transpose()?;
+        let mut daemon = subject.launch_with_metrics(Some(workdir.path()), metrics)?;
         let layout = daemon.layout();
         host::guard(
             &namespace,
@@ -79,6 +86,7 @@ impl<'a> Session<'a> {
             kind: subject.kind,
             version: ready.version,
             namespace,
+            metrics,
             ctr,
             runtime,
             reference: reference.to_string(),
