@@ -53,12 +53,13 @@ pub trait MetaStore: Reader + Send + Sync + 'static {
     fn exclusive(&self, f: &mut dyn FnMut(&dyn Exclusive) -> Result<(), Error>) -> Result<(), Error>;
 
     /// Calls `callback` after every committed transaction that wrote
-    /// anything, with `true` when it removed a key: how the garbage collector
-    /// learns there may be garbage without every store calling it.
+    /// anything, with the trees it removed a key from (none for a
+    /// transaction that only inserted): how the garbage collector learns
+    /// there may be garbage, and whose, without every store calling it.
     fn on_mutation(&self, callback: MutationCallback);
 }
 
-pub type MutationCallback = std::sync::Arc<dyn Fn(bool) + Send + Sync>;
+pub type MutationCallback = std::sync::Arc<dyn Fn(&[&str]) + Send + Sync>;
 
 /// The format version stamped on every record, so a later corten can read
 /// what an earlier one wrote.

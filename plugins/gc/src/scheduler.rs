@@ -6,6 +6,7 @@
 //! automatic or asked for through [`Collector::collect`], run one at a time.
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard,
@@ -14,10 +15,10 @@ use std::{
 };
 
 use corten_core::{
-    content::ContentStore,
+    content::{self, ContentStore},
     gc::{Collector, Stats},
     metadata::MetaStore,
-    snapshots::Snapshotter,
+    snapshots::{self, Snapshotter},
     Error,
 };
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
@@ -106,6 +107,26 @@ impl Metrics {
     }
 }
 
+/// Which backends may hold garbage: those of the metadata trees keys were
+/// removed from (a content record's blob, a snapshot record's files).
+#[derive(Default)]
+struct Dirty {
+    /// Every backend, whatever the trees say.
+    everything: bool,
+    trees: HashSet<String>,
+}
+
+impl Dirty {
+    fn any(&self, trees: &[&str]) -> bool {
+        self.everything || trees.iter().any(|t| self.trees.contains(*t))
+    }
+
+    fn merge(&mut self, other: Dirty) {
+        self.everything |= other.everything;
+        self.trees.extend(other.trees);
+    }
+}
+
 /// The last collection, for the pause that bounds how often they run.
 #[derive(Clone, Copy)]
 struct Last {
@@ -123,6 +144,9 @@ pub struct Gc {
     /// Since the last collection took the lock.
     mutations: AtomicU64,
     deletions: AtomicU64,
+    /// Backends with garbage to remove since the last collection took the
+    /// lock; see [`Dirty`].
+    dirty: Mutex<Dirty>,
     /// Held for a whole collection, so there is never more than one.
     running: Mutex<()>,
     last: Mutex<Option<Last>>,
@@ -162,15 +186,22 @@ impl Gc {
             metrics,
             mutations: AtomicU64::new(0),
             deletions: AtomicU64::new(0),
+            // What an earlier run left (a crash, a failed cleanup) is
+            // looked for once.
+            dirty: Mutex::new(Dirty {
+                everything: true,
+                ..Dirty::default()
+            }),
             running: Mutex::new(()),
             last: Mutex::new(None),
             due: Notify::new(),
         });
         // Weak, or the store would keep the collector (and the collector the store) alive forever.
         let weak = Arc::downgrade(&gc);
-        gc.store.on_mutation(Arc::new(move |deletion| {
+        gc.store.on_mutation(Arc::new(move |removed: &[&str]| {
             if let Some(gc) = weak.upgrade() {
-                gc.mutated(deletion);
+                lock(&gc.dirty).trees.extend(removed.iter().map(|t| t.to_string()));
+                gc.mutated(!removed.is_empty());
             }
         }));
         gc
@@ -212,6 +243,7 @@ impl Gc {
         let started = Instant::now();
         let mut held = Duration::ZERO;
         let mut removed = Removed::default();
+        let mut dirty = Dirty::default();
         let swept = self.store.exclusive(&mut |db| {
             let locked = Instant::now();
             let outcome = sweep::mark_and_sweep(db, SystemTime::now(), &self.snapshotter_ids());
@@ -221,11 +253,13 @@ impl Gc {
             // resets too, or it would be retried in a tight loop.
             self.mutations.store(0, Ordering::SeqCst);
             self.deletions.store(0, Ordering::SeqCst);
+            dirty = std::mem::take(&mut *lock(&self.dirty));
             held = locked.elapsed();
             removed = outcome?;
             Ok(())
         });
         if let Err(e) = swept {
+            lock(&self.dirty).merge(dirty);
             *lock(&self.last) = Some(Last {
                 ended: Instant::now(),
                 held,
@@ -233,18 +267,34 @@ impl Gc {
             return Err(e);
         }
 
+        // Only backends whose records went, in the sweep or since the last
+        // collection, can hold garbage: each cleanup lists its whole store.
         let mut blobs = 0;
-        for store in &self.content {
-            match store.sweep_backend() {
-                Ok(n) => blobs += n,
-                // The metadata is consistent already; what stays on disk goes next time.
-                Err(e) => warn!("gc: removing unreferenced blobs: {e}"),
+        let content_trees = [content::TREE, content::INGESTS_TREE];
+        if dirty.any(&content_trees) || removed.named(Kind::Content.name()) + removed.named(Kind::Ingest.name()) > 0 {
+            for store in &self.content {
+                match store.sweep_backend() {
+                    Ok(n) => blobs += n,
+                    // The metadata is consistent already; what stays on disk goes next time.
+                    Err(e) => {
+                        warn!("gc: removing unreferenced blobs: {e}");
+                        lock(&self.dirty).trees.insert(content::TREE.to_string());
+                    }
+                }
             }
         }
+        let swept_snapshots = removed.named(Kind::Snapshot("").name()) > 0;
         for (id, snapshotter) in &self.snapshotters {
+            let tree = snapshots::tree(id);
+            if !swept_snapshots && !dirty.any(&[&tree]) {
+                continue;
+            }
             match snapshotter.cleanup() {
                 Ok(n) => debug!(snapshotter = id, removed = n, "gc: cleaned up snapshots"),
-                Err(e) => warn!("gc: cleaning up {id} snapshots: {e}"),
+                Err(e) => {
+                    warn!("gc: cleaning up {id} snapshots: {e}");
+                    lock(&self.dirty).trees.insert(tree);
+                }
             }
         }
         *lock(&self.last) = Some(Last {
@@ -351,7 +401,7 @@ async fn schedule(gc: Arc<Gc>, mut stopped: watch::Receiver<bool>) {
 mod tests {
     use std::time::Duration;
 
-    use corten_core::{content, metadata};
+    use corten_core::metadata;
 
     use super::*;
     use crate::testing::{digest, CountingContent, Db};
@@ -443,6 +493,17 @@ mod tests {
             assert_eq!(family.name().ends_with("_total"), counter, "{}", family.name());
         }
 
+        // Nothing removed since: the blob store is not listed again.
+        let stats = gc.collect().unwrap();
+        assert_eq!((stats.removed, stats.removed_blobs), (0, 0));
+        assert_eq!(content.sweeps(), 1);
+
+        // A content record removed outside the collector (the Content
+        // service's Delete) leaves a blob only the next sweep finds.
+        let key = metadata::key("ns", &digest(1));
+        db.store
+            .transact(&[content::TREE], &|t| t.remove(content::TREE, &key))
+            .unwrap();
         let stats = gc.collect().unwrap();
         assert_eq!((stats.removed, stats.removed_blobs), (0, 1));
         assert_eq!(content.sweeps(), 2);

@@ -47,8 +47,8 @@
 //! syncs neither; the syncer syncs each new one, and the directory, first.
 
 use std::{
-    cell::{Cell, RefCell},
-    collections::{BTreeMap, HashMap, HashSet},
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ffi::OsString,
     fs::{self, File},
     path::{Path, PathBuf},
@@ -290,12 +290,13 @@ impl SledStore {
                 names,
                 trees: &trees,
                 staged: RefCell::new(BTreeMap::new()),
-                removed: Cell::new(false),
+                removed: RefCell::new(BTreeSet::new()),
             };
             f(&txn)?;
             let staged = txn.staged.into_inner();
             self.apply(names, &trees, &staged)?;
-            (!staged.is_empty(), txn.removed.get())
+            let removed: Vec<&str> = txn.removed.into_inner().into_iter().map(|i| names[i]).collect();
+            (!staged.is_empty(), removed)
         };
         // Outside the mutex, so transactions that finish together share the
         // sync. A transaction that read another's write before that one is
@@ -304,7 +305,7 @@ impl SledStore {
         if wrote {
             self.durable_flush()?;
             for callback in self.on_mutation.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                callback(removed);
+                callback(&removed);
             }
         }
         Ok(())
@@ -399,8 +400,8 @@ struct StagedTxn<'a> {
     names: &'a [&'a str],
     trees: &'a [sled::Tree],
     staged: RefCell<Staged>,
-    /// Whether a staged removal takes away a key that exists.
-    removed: Cell<bool>,
+    /// The trees in which a staged removal takes away a key that exists.
+    removed: RefCell<BTreeSet<usize>>,
 }
 
 impl StagedTxn<'_> {
@@ -435,7 +436,7 @@ impl Txn for StagedTxn<'_> {
         }
         let index = self.index(tree)?;
         self.staged.borrow_mut().insert((index, key.to_vec()), None);
-        self.removed.set(true);
+        self.removed.borrow_mut().insert(index);
         Ok(())
     }
 }
@@ -762,12 +763,25 @@ mod tests {
         let s = open(dir.path());
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
-        s.on_mutation(Arc::new(move |deleted| log.lock().unwrap().push(deleted)));
+        s.on_mutation(Arc::new(move |removed: &[&str]| {
+            log.lock()
+                .unwrap()
+                .push(removed.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+        }));
         s.transact(&["a"], &|t| t.insert("a", b"k", vec![1])).unwrap();
         s.transact(&["a"], &|t| t.get("a", b"k").map(drop)).unwrap();
         s.transact(&["a"], &|t| t.remove("a", b"missing")).unwrap();
         s.transact(&["a"], &|t| t.remove("a", b"k")).unwrap();
-        assert_eq!(*seen.lock().unwrap(), vec![false, true]);
+        s.transact(&["a", "b"], &|t| t.insert("b", b"k", vec![1])).unwrap();
+        s.transact(&["a", "b"], &|t| {
+            t.insert("a", b"k", vec![2])?;
+            t.remove("b", b"k")
+        })
+        .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![vec![], vec!["a".to_string()], vec![], vec!["b".to_string()]]
+        );
     }
 
     #[test]
