@@ -25,10 +25,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Decodes every enabled plugin's config, orders the plugins by `requires`,
-    /// and initialises them one at a time. Fails only on a bad config, a
-    /// dependency cycle, or a required plugin that is disabled, missing or
-    /// failed; other failures are recorded and startup goes on.
+    /// Decodes every enabled plugin's config, orders the plugins by
+    /// `requires`, and initialises them in waves, each wave's plugins at
+    /// once (the two snapshotters open their stores side by side). Fails
+    /// only on a bad config, a dependency cycle, or a required plugin that
+    /// is disabled, missing or failed; other failures are recorded and
+    /// startup goes on.
     pub async fn start(
         loaded: &Loaded,
         registrations: &[&'static Registration],
@@ -77,60 +79,70 @@ impl Registry {
             closers: Vec::new(),
             stop,
         };
-        for index in order {
-            let r = enabled[index];
-            let uri = r.uri();
-            let ctx = InitContext {
-                plugin_type: r.plugin_type,
-                id: r.id,
-                root: config.root.join(&uri),
-                state: config.state.join(&uri),
-                config: config.clone(),
-                grpc_address: config.grpc.address.clone(),
-                ttrpc_address: config.ttrpc_address(),
-                metrics: metrics.clone(),
-                stopping: stopping.clone(),
-                plugins: plugins.clone(),
-            };
-            let plugin_config = decoded[index].take().expect("each plugin initialises once");
-            let mut record = PluginRecord {
-                plugin_type: r.plugin_type,
-                id: r.id,
-                requires: r.requires,
-                exports: Default::default(),
-                capabilities: Vec::new(),
-                status: Status::Ok,
-                value: None,
-            };
-            match (r.init)(ctx, plugin_config).await {
-                Ok(instance) => {
-                    info!(plugin = %uri, "loaded");
-                    record.exports = instance.exports;
-                    record.capabilities = instance.capabilities;
-                    record.value = Some(instance.value);
-                    if let Some(close) = instance.close {
-                        registry.closers.push((uri.clone(), close));
+        for wave in waves(&enabled, &order) {
+            // Plugins of one wave need none of each other: they start
+            // together, and their outcomes are taken in init order.
+            let started = wave.iter().map(|&index| {
+                let r = enabled[index];
+                let uri = r.uri();
+                let ctx = InitContext {
+                    plugin_type: r.plugin_type,
+                    id: r.id,
+                    root: config.root.join(&uri),
+                    state: config.state.join(&uri),
+                    config: config.clone(),
+                    grpc_address: config.grpc.address.clone(),
+                    ttrpc_address: config.ttrpc_address(),
+                    metrics: metrics.clone(),
+                    stopping: stopping.clone(),
+                    plugins: plugins.clone(),
+                };
+                let plugin_config = decoded[index].take().expect("each plugin initialises once");
+                (r.init)(ctx, plugin_config)
+            });
+            let outcomes = futures::future::join_all(started.collect::<Vec<_>>()).await;
+            for (&index, outcome) in wave.iter().zip(outcomes) {
+                let r = enabled[index];
+                let uri = r.uri();
+                let mut record = PluginRecord {
+                    plugin_type: r.plugin_type,
+                    id: r.id,
+                    requires: r.requires,
+                    exports: Default::default(),
+                    capabilities: Vec::new(),
+                    status: Status::Ok,
+                    value: None,
+                };
+                match outcome {
+                    Ok(instance) => {
+                        info!(plugin = %uri, "loaded");
+                        record.exports = instance.exports;
+                        record.capabilities = instance.capabilities;
+                        record.value = Some(instance.value);
+                        if let Some(close) = instance.close {
+                            registry.closers.push((uri.clone(), close));
+                        }
+                    }
+                    Err(crate::plugin::InitError::Skip(reason)) => {
+                        info!(plugin = %uri, %reason, "skipped");
+                        record.status = Status::Skipped(reason);
+                    }
+                    Err(crate::plugin::InitError::Failed(reason)) => {
+                        warn!(plugin = %uri, %reason, "failed to load");
+                        record.status = Status::Failed(reason);
                     }
                 }
-                Err(crate::plugin::InitError::Skip(reason)) => {
-                    info!(plugin = %uri, %reason, "skipped");
-                    record.status = Status::Skipped(reason);
+                let outcome = record.status.clone();
+                plugins.push(record);
+                if config.required_plugins.contains(&uri) {
+                    let reason = match outcome {
+                        Status::Ok => continue,
+                        Status::Skipped(reason) => format!("was skipped: {reason}"),
+                        Status::Failed(reason) => format!("failed: {reason}"),
+                    };
+                    registry.close().await;
+                    return Err(StartError::Required { uri, reason });
                 }
-                Err(crate::plugin::InitError::Failed(reason)) => {
-                    warn!(plugin = %uri, %reason, "failed to load");
-                    record.status = Status::Failed(reason);
-                }
-            }
-            let outcome = record.status.clone();
-            plugins.push(record);
-            if config.required_plugins.contains(&uri) {
-                let reason = match outcome {
-                    Status::Ok => continue,
-                    Status::Skipped(reason) => format!("was skipped: {reason}"),
-                    Status::Failed(reason) => format!("failed: {reason}"),
-                };
-                registry.close().await;
-                return Err(StartError::Required { uri, reason });
             }
         }
         Ok(registry)
@@ -168,15 +180,18 @@ fn warn_unknown_sections(loaded: &Loaded, registrations: &[&'static Registration
     }
 }
 
+/// Whether `r` must start after `other`: it requires `other`'s type, or
+/// every plugin (`*`) and `other` is not one of those.
+fn needs(r: &Registration, other: &Registration) -> bool {
+    !std::ptr::eq(r, other)
+        && r.requires
+            .iter()
+            .any(|t| (*t == "*" && !other.requires.contains(&"*")) || *t == other.plugin_type)
+}
+
 /// A deterministic topological order: among the plugins whose required types
 /// are all placed, the first by (type, id) goes next.
 fn init_order(regs: &[&'static Registration]) -> Result<Vec<usize>, StartError> {
-    let needs = |r: &Registration, other: &Registration| -> bool {
-        !std::ptr::eq(r, other)
-            && r.requires
-                .iter()
-                .any(|t| (*t == "*" && !other.requires.contains(&"*")) || *t == other.plugin_type)
-    };
     let mut by_name: Vec<usize> = (0..regs.len()).collect();
     by_name.sort_by_key(|&i| (regs[i].plugin_type, regs[i].id));
     let mut placed = vec![false; regs.len()];
@@ -198,6 +213,28 @@ fn init_order(regs: &[&'static Registration]) -> Result<Vec<usize>, StartError> 
         }
     }
     Ok(order)
+}
+
+/// `order` cut into waves: each plugin goes in the wave after the last one
+/// holding a plugin it needs, so a wave's plugins need only earlier waves.
+/// Within a wave the plugins keep their places in `order`.
+fn waves(regs: &[&'static Registration], order: &[usize]) -> Vec<Vec<usize>> {
+    let mut wave_of = vec![0; regs.len()];
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (place, &i) in order.iter().enumerate() {
+        let wave = order[..place]
+            .iter()
+            .filter(|&&j| needs(regs[i], regs[j]))
+            .map(|&j| wave_of[j] + 1)
+            .max()
+            .unwrap_or(0);
+        wave_of[i] = wave;
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(i);
+    }
+    waves
 }
 
 /// Walks "needs" edges among the unplaced plugins until one repeats: every
@@ -300,6 +337,25 @@ mod tests {
 
     async fn start(loaded: &Loaded, regs: &[&'static Registration]) -> Result<Registry, StartError> {
         Registry::start(loaded, regs, &prometheus::Registry::new()).await
+    }
+
+    #[test]
+    fn plugins_that_need_none_of_each_other_share_a_wave() {
+        let regs: [&'static Registration; 6] = [&EVERYTHING, &SERVICE, &META, &EVENTS, &CONTENT, &SKIPPER];
+        let order = init_order(&regs).unwrap();
+        let waves: Vec<Vec<String>> = waves(&regs, &order)
+            .into_iter()
+            .map(|wave| wave.into_iter().map(|i| regs[i].uri()).collect())
+            .collect();
+        assert_eq!(
+            waves,
+            vec![
+                vec!["t.content.v1.store", "t.event.v1.x", "t.snapshotter.v1.skippy"],
+                vec!["t.metadata.v1.db"],
+                vec!["t.grpc.v1.api"],
+                vec!["t.zz.v1.all"],
+            ]
+        );
     }
 
     fn uris(set: &PluginSet) -> Vec<String> {
