@@ -101,6 +101,10 @@ impl Registry {
                 (r.init)(ctx, plugin_config)
             });
             let outcomes = futures::future::join_all(started.collect::<Vec<_>>()).await;
+            // Every outcome of the wave is recorded before a required
+            // plugin's failure stops the start, so the close that follows
+            // reaches the wave's other plugins too.
+            let mut required_failure = None;
             for (&index, outcome) in wave.iter().zip(outcomes) {
                 let r = enabled[index];
                 let uri = r.uri();
@@ -134,15 +138,18 @@ impl Registry {
                 }
                 let outcome = record.status.clone();
                 plugins.push(record);
-                if config.required_plugins.contains(&uri) {
+                if config.required_plugins.contains(&uri) && required_failure.is_none() {
                     let reason = match outcome {
                         Status::Ok => continue,
                         Status::Skipped(reason) => format!("was skipped: {reason}"),
                         Status::Failed(reason) => format!("failed: {reason}"),
                     };
-                    registry.close().await;
-                    return Err(StartError::Required { uri, reason });
+                    required_failure = Some(StartError::Required { uri, reason });
                 }
+            }
+            if let Some(failure) = required_failure {
+                registry.close().await;
+                return Err(failure);
             }
         }
         Ok(registry)
@@ -312,6 +319,7 @@ mod tests {
         Err(InitError::Failed("boom".into()))
     );
     test_plugin!(Everything, "t.zz.v1", "all", ["*"], Ok(()));
+    test_plugin!(Late, "t.tracing.v1", "late", [], Ok(()));
     test_plugin!(CycleA, "t.a.v1", "a", ["t.b.v1"], Ok(()));
     test_plugin!(CycleB, "t.b.v1", "b", ["t.a.v1"], Ok(()));
 
@@ -322,6 +330,7 @@ mod tests {
     static SKIPPER: Registration = Registration::of::<Skipper>();
     static BROKEN: Registration = Registration::of::<Broken>();
     static EVERYTHING: Registration = Registration::of::<Everything>();
+    static LATE: Registration = Registration::of::<Late>();
     static CYCLE_A: Registration = Registration::of::<CycleA>();
     static CYCLE_B: Registration = Registration::of::<CycleB>();
 
@@ -429,13 +438,16 @@ mod tests {
         LOG.lock().unwrap().clear();
         let err = start(
             &loaded(r#"required_plugins = ["t.snapshotter.v1.broken"]"#),
-            &[&CONTENT, &BROKEN],
+            &[&CONTENT, &BROKEN, &LATE],
         )
         .await
         .err()
         .unwrap();
         assert_eq!(err.to_string(), "required plugin t.snapshotter.v1.broken failed: boom");
-        assert!(LOG.lock().unwrap().contains(&"close t.content.v1.store".to_string()));
+        // The plugin that started in the same wave after it is closed too.
+        for closed in ["close t.content.v1.store", "close t.tracing.v1.late"] {
+            assert!(LOG.lock().unwrap().contains(&closed.to_string()), "{closed}");
+        }
 
         let err = start(&loaded(r#"required_plugins = ["t.nope.v1.x"]"#), &[&CONTENT])
             .await
