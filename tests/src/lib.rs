@@ -17,6 +17,7 @@ use std::{
 
 use nix::{sys::signal, unistd::Pid};
 
+pub mod grpc;
 pub mod registry;
 pub mod tasks;
 

@@ -502,18 +502,7 @@ impl Drop for Containerd {
 }
 
 async fn channel(socket: &Path) -> tonic::transport::Channel {
-    let socket = socket.to_path_buf();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    corten_tests::grpc::channel(socket).await
 }
 
 fn namespaced<T>(ns: &str, message: T) -> tonic::Request<T> {

@@ -171,18 +171,7 @@ fn namespaced<T>(message: T) -> tonic::Request<T> {
 }
 
 async fn channel(d: &Daemon) -> tonic::transport::Channel {
-    let socket = d.socket.clone();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    corten_tests::grpc::channel(&d.socket).await
 }
 
 #[test]

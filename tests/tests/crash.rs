@@ -46,19 +46,7 @@ fn namespaced<T>(message: T) -> tonic::Request<T> {
 }
 
 async fn connect(d: &Daemon) -> ContentClient<Channel> {
-    let socket = d.socket.clone();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap();
-    ContentClient::new(channel)
+    ContentClient::new(corten_tests::grpc::channel(&d.socket).await)
 }
 
 /// One blob in two writes and a commit; Ok(digest) only when acknowledged.

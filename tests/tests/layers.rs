@@ -170,18 +170,7 @@ async fn create_lease(channel: &Channel) {
 }
 
 async fn channel(d: &Daemon) -> Channel {
-    let socket = d.socket.clone();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    corten_tests::grpc::channel(&d.socket).await
 }
 
 async fn ingest(channel: &Channel, blob: &[u8]) -> Descriptor {

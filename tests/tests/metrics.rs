@@ -65,18 +65,7 @@ fn health_reports_serving() {
     let d = Daemon::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
-        let socket = d.socket.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .unwrap();
+        let channel = corten_tests::grpc::channel(&d.socket).await;
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
         client
             .check(tonic_health::pb::HealthCheckRequest { service: String::new() })

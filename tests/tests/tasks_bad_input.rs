@@ -185,18 +185,7 @@ fn namespaced<T>(ns: &str, message: T) -> tonic::Request<T> {
 }
 
 async fn connect(d: &Daemon) -> Channel {
-    let socket = d.socket.clone();
-    tonic::transport::Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
+    corten_tests::grpc::channel(&d.socket).await
 }
 
 /// The codes containerd's tasks and containers services give, which its
