@@ -539,7 +539,8 @@ impl Snapshotter for SnapshotStore {
         // The files stay until cleanup: another process may still have them
         // mounted, and a crash must not leave a record without its files.
         let all = self.trees();
-        let trees = if lease.is_some() { &all[..] } else { &all[..1] };
+        let own: [&str; 1] = [&self.tree];
+        let trees: &[&str] = if lease.is_some() { &all } else { &own };
         self.meta.transact(trees, &|txn| {
             txn.get(&self.tree, &record_key)?.ok_or_else(|| not_found(key))?;
             txn.remove(&self.tree, &record_key)?;
