@@ -12,7 +12,10 @@ use tokio::{net::UnixListener, sync::oneshot};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::{Routes, RoutesBuilder};
 
-use crate::metrics::{GrpcMetrics, MetricsLayer};
+use crate::{
+    malloc::Trimmer,
+    metrics::{GrpcMetrics, MetricsLayer},
+};
 
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -40,12 +43,17 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stopping, stopped) = oneshot::channel::<()>();
+    let trimmer = Trimmer::spawn();
     let server = tonic::transport::Server::builder()
         // Large windows let a client stream blobs without waiting for
         // flow-control updates every 64 KiB.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(MetricsLayer::new(metrics))
+        .layer(tower::util::MapRequestLayer::new(move |request| {
+            trimmer.touch();
+            request
+        }))
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             let _ = stopped.await;
