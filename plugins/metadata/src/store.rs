@@ -236,6 +236,7 @@ impl SledStore {
     /// Returns once every write acknowledged so far is on stable storage.
     fn durable_flush(&self) -> Result<(), Error> {
         self.db.flush().map_err(db_err("flush metadata"))?;
+        release_garbage();
         self.syncer.sync()
     }
 
@@ -310,6 +311,21 @@ impl SledStore {
         }
         Ok(())
     }
+}
+
+/// Hands what sled retired on this thread to the global collector, which
+/// frees it once no reader can still see it.
+///
+/// sled 0.34 frees replaced tree nodes, and each full 512 KiB log buffer,
+/// through crossbeam-epoch: every thread keeps what it retired in a bag of
+/// its own, and only a full bag (64 items) reaches the collector. The
+/// daemon's writes run on many pool threads, each writing now and then, so
+/// each kept a partly full bag with old nodes and log buffers in it: the
+/// daemon grew by about 6 MiB over its first 200 containers, and stayed
+/// there. Passing the bag on after every flush bounds that to what live
+/// readers pin.
+fn release_garbage() {
+    crossbeam_epoch::pin().flush();
 }
 
 /// A staged write: the value to insert, or `None` to remove.
