@@ -9,6 +9,27 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
     field_kib(&status, "VmRSS").with_context(|| format!("{path} has no readable VmRSS"))
 }
 
+/// The resident set of `pid` and its two parts, in KiB.
+pub struct Resident {
+    pub total: u64,
+    /// Private pages: heap, stacks, written data.
+    pub anon: u64,
+    /// Pages of mapped files, mostly code, shared with the page cache.
+    pub file: u64,
+}
+
+/// [`Resident`] of `pid`, read at once.
+pub fn resident_kib(pid: u32) -> anyhow::Result<Resident> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    let field = |name| field_kib(&status, name).with_context(|| format!("{path} has no readable {name}"));
+    Ok(Resident {
+        total: field("VmRSS")?,
+        anon: field("RssAnon")?,
+        file: field("RssFile")?,
+    })
+}
+
 fn field_kib(status: &str, name: &str) -> anyhow::Result<u64> {
     for line in status.lines() {
         let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix(':')) else {

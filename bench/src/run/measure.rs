@@ -40,6 +40,9 @@ pub struct Series {
     pub teardown: Vec<f64>,
     /// The daemon's VmRSS with every container running, KiB.
     pub rss_kib: Vec<u64>,
+    /// The anonymous and the file-backed part of it, KiB.
+    pub rss_anon_kib: Vec<u64>,
+    pub rss_file_kib: Vec<u64>,
     /// Its shims' VmRSS together at the same moment, KiB.
     pub shims_rss_kib: Vec<u64>,
     /// Shim processes at that moment.
@@ -66,6 +69,8 @@ pub fn run(
             start: Vec::new(),
             teardown: Vec::new(),
             rss_kib: Vec::new(),
+            rss_anon_kib: Vec::new(),
+            rss_file_kib: Vec::new(),
             shims_rss_kib: Vec::new(),
             shims: Vec::new(),
             fifos_left: 0,
@@ -177,7 +182,7 @@ fn parallel_round(
     if session.exited() {
         return Err(session.explain(anyhow::anyhow!("the daemon exited while its containers ran")));
     }
-    let rss = proc_status::vm_rss_kib(session.pid()).context("read the daemon's RSS")?;
+    let rss = proc_status::resident_kib(session.pid()).context("read the daemon's RSS")?;
     let shims_rss = host::rss_kib(&shims);
 
     interrupt::check()?;
@@ -192,7 +197,9 @@ fn parallel_round(
 
     into.start.push(started.as_secs_f64());
     into.teardown.push(teardown.as_secs_f64());
-    into.rss_kib.push(rss);
+    into.rss_kib.push(rss.total);
+    into.rss_anon_kib.push(rss.anon);
+    into.rss_file_kib.push(rss.file);
     into.shims_rss_kib.push(shims_rss);
     into.shims.push(shims.len());
     Ok(())

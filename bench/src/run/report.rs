@@ -95,6 +95,12 @@ struct DaemonResult {
     teardown_all_ms: Summary,
     /// The daemon's VmRSS with every container running.
     rss_mib: Summary,
+    /// Its anonymous part (heap, stacks) and its file-backed part (code).
+    rss_anon_mib: Summary,
+    rss_file_mib: Summary,
+    /// The VmRSS of each round in order: a daemon that keeps what each
+    /// round leaves grows along it.
+    rss_by_round_mib: Vec<f64>,
     /// Its shims' VmRSS together at the same moment (not the daemon's).
     shims_rss_mib: Summary,
     /// Shim processes at that moment, per round.
@@ -170,6 +176,9 @@ impl Report {
                 start_all_ms: ms(&s.start),
                 teardown_all_ms: ms(&s.teardown),
                 rss_mib: mib(&s.rss_kib),
+                rss_anon_mib: mib(&s.rss_anon_kib),
+                rss_file_mib: mib(&s.rss_file_kib),
+                rss_by_round_mib: s.rss_kib.iter().map(|&k| k as f64 / 1024.0).collect(),
                 shims_rss_mib: mib(&s.shims_rss_kib),
                 shims: s.shims.clone(),
                 fifos_left: s.fifos_left,
@@ -236,6 +245,10 @@ impl Report {
                  keeps for it",
                 d.daemon, d.fifos_left
             )
+        }));
+        notes.extend(daemons.iter().filter(|d| d.rss_by_round_mib.len() > 1).map(|d| {
+            let rounds: Vec<String> = d.rss_by_round_mib.iter().map(|m| format!("{m:.1}")).collect();
+            format!("{} RSS by round, MiB: {}", d.daemon, rounds.join(", "))
         }));
         notes.extend(subjects.iter().flat_map(Subject::notes));
         notes.extend(machine.busy_note());
@@ -318,6 +331,20 @@ impl Report {
                 pick: |d| &d.rss_mib,
                 ratio: self.ratios.as_ref().map(|r| r.rss),
                 target: judged(&format!("< {TARGET_RSS_MIB} MiB"), t.rss_met),
+            },
+            Metric {
+                name: "  of which anonymous".to_string(),
+                unit: "MiB",
+                pick: |d| &d.rss_anon_mib,
+                ratio: None,
+                target: "(heap, stacks)".to_string(),
+            },
+            Metric {
+                name: "  of which file-backed".to_string(),
+                unit: "MiB",
+                pick: |d| &d.rss_file_mib,
+                ratio: None,
+                target: "(code, shared with the page cache)".to_string(),
             },
             Metric {
                 name: format!("shims' RSS, {n} running"),
@@ -426,6 +453,8 @@ mod tests {
             start: vec![1.5 * scale],
             teardown: vec![1.0 * scale],
             rss_kib: vec![rss_kib],
+            rss_anon_kib: vec![rss_kib / 3],
+            rss_file_kib: vec![rss_kib - rss_kib / 3],
             shims_rss_kib: vec![20 * 13 * 1024],
             shims: vec![20],
             fifos_left: 0,
