@@ -7,18 +7,11 @@
 //! may only name `labels`, `labels.<key>`, `spec`, `extensions`,
 //! `extensions.<key>`, `image` and `snapshotkey`.
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    any_value::AnyValue,
-    filters::Adaptor,
-    identifiers, labels,
-    metadata::{self, MetaStore},
-    namespaces::{self, Namespaces},
-    Error,
-};
+use crate::{any_value::AnyValue, filters::Adaptor, identifiers, labels, metadata::MetaStore, records::Records, Error};
 
 /// `<ns>/<id>` -> [`Record`].
 pub const TREE: &str = "containers";
@@ -207,12 +200,14 @@ fn apply_path(current: &mut Container, requested: &Container, path: &str) -> Res
 /// The container store: what the containers service and the runtime read.
 #[derive(Clone)]
 pub struct Containers {
-    store: Arc<dyn MetaStore>,
+    records: Records,
 }
 
 impl Containers {
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
-        Containers { store }
+        Containers {
+            records: Records::new(store, TREE),
+        }
     }
 
     pub fn get(&self, ns: &str, id: &str) -> Result<Container, Error> {
@@ -220,24 +215,18 @@ impl Containers {
         if id.is_empty() {
             return Err(Error::InvalidArgument("a container id is required".into()));
         }
-        let bytes = self
-            .store
-            .get(TREE, &metadata::key(ns, id))?
-            .ok_or_else(|| not_found(ns, id))?;
-        Ok(metadata::decode::<Record>(&bytes)?.into_container(id.to_string()))
+        let record: Record = self.records.get(ns, id, || not_found(ns, id))?;
+        Ok(record.into_container(id.to_string()))
     }
 
     pub fn list(&self, ns: &str) -> Result<Vec<Container>, Error> {
         identifiers::validate(ns)?;
-        let prefix = metadata::key(ns, "");
-        self.store
-            .scan_prefix(TREE, &prefix)?
+        Ok(self
+            .records
+            .list::<Record>(ns)?
             .into_iter()
-            .map(|(k, v)| {
-                let id = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok(metadata::decode::<Record>(&v)?.into_container(id))
-            })
-            .collect()
+            .map(|(id, record)| record.into_container(id))
+            .collect())
     }
 
     /// Stores a new container; its timestamps are set here.
@@ -246,14 +235,8 @@ impl Containers {
         validate(container)?;
         let now = SystemTime::now();
         let record = Record::from_container(container, now, now);
-        let bytes = metadata::encode(&record)?;
-        let key = metadata::key(ns, &container.id);
-        self.store.transact(&[TREE, namespaces::TREE], &|txn| {
-            Namespaces::ensure(txn, ns)?;
-            if txn.get(TREE, &key)?.is_some() {
-                return Err(Error::AlreadyExists(format!("container {:?}", container.id)));
-            }
-            txn.insert(TREE, &key, bytes.clone())
+        self.records.create(ns, &container.id, &record, || {
+            Error::AlreadyExists(format!("container {:?}", container.id))
         })?;
         Ok(record.into_container(container.id.clone()))
     }
@@ -266,42 +249,38 @@ impl Containers {
         if container.id.is_empty() {
             return Err(Error::InvalidArgument("a container id is required".into()));
         }
-        let key = metadata::key(ns, &container.id);
-        let updated = RefCell::new(None);
-        self.store.transact(&[TREE], &|txn| {
-            let bytes = txn.get(TREE, &key)?.ok_or_else(|| not_found(ns, &container.id))?;
-            let record: Record = metadata::decode(&bytes)?;
-            let created_at = record.created_at;
-            let mut current = record.into_container(container.id.clone());
-            if paths.is_empty() {
-                if current.snapshotter != container.snapshotter {
-                    return Err(Error::InvalidArgument(format!(
-                        "container {:?}: the snapshotter cannot change",
-                        container.id
-                    )));
+        let id = &container.id;
+        let record = self.records.update(
+            ns,
+            id,
+            || not_found(ns, id),
+            |record: Record| {
+                let created_at = record.created_at;
+                let mut current = record.into_container(id.clone());
+                if paths.is_empty() {
+                    if current.snapshotter != container.snapshotter {
+                        return Err(Error::InvalidArgument(format!(
+                            "container {id:?}: the snapshotter cannot change"
+                        )));
+                    }
+                    if current.runtime.name != container.runtime.name {
+                        return Err(Error::InvalidArgument(format!(
+                            "container {id:?}: the runtime name cannot change"
+                        )));
+                    }
+                    for path in ALL_MUTABLE {
+                        apply_path(&mut current, container, path)?;
+                    }
+                } else {
+                    for path in paths {
+                        apply_path(&mut current, container, path)?;
+                    }
                 }
-                if current.runtime.name != container.runtime.name {
-                    return Err(Error::InvalidArgument(format!(
-                        "container {:?}: the runtime name cannot change",
-                        container.id
-                    )));
-                }
-                for path in ALL_MUTABLE {
-                    apply_path(&mut current, container, path)?;
-                }
-            } else {
-                for path in paths {
-                    apply_path(&mut current, container, path)?;
-                }
-            }
-            validate(&current)?;
-            let record = Record::from_container(&current, created_at, SystemTime::now());
-            txn.insert(TREE, &key, metadata::encode(&record)?)?;
-            *updated.borrow_mut() = Some(record);
-            Ok(())
-        })?;
-        let record = updated.into_inner().expect("a committed update sets the record");
-        Ok(record.into_container(container.id.clone()))
+                validate(&current)?;
+                Ok(Record::from_container(&current, created_at, SystemTime::now()))
+            },
+        )?;
+        Ok(record.into_container(id.clone()))
     }
 
     pub fn delete(&self, ns: &str, id: &str) -> Result<(), Error> {
@@ -309,22 +288,19 @@ impl Containers {
         if id.is_empty() {
             return Err(Error::InvalidArgument("a container id is required".into()));
         }
-        let key = metadata::key(ns, id);
-        self.store.transact(&[TREE], &|txn| {
-            txn.get(TREE, &key)?.ok_or_else(|| not_found(ns, id))?;
-            txn.remove(TREE, &key)
-        })
+        self.records.delete(ns, id, || not_found(ns, id))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::{cell::RefCell, sync::Mutex};
 
     use super::*;
     use crate::{
         filters::Filter,
-        metadata::{Exclusive, MutationCallback, Pairs, Reader, Txn},
+        metadata::{self, Exclusive, MutationCallback, Pairs, Reader, Txn},
+        namespaces,
     };
 
     type Trees = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;

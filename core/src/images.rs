@@ -1,17 +1,12 @@
 //! Images over the metadata store: a name in a namespace for a target
 //! descriptor, the root from which garbage collection keeps its content.
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    diff::Descriptor,
-    digest::Digest,
-    filters::Adaptor,
-    identifiers, labels,
-    metadata::{self, MetaStore},
-    namespaces::{self, Namespaces},
+    diff::Descriptor, digest::Digest, filters::Adaptor, identifiers, labels, metadata::MetaStore, records::Records,
     Error,
 };
 
@@ -93,34 +88,30 @@ fn not_found(name: &str) -> Error {
 
 #[derive(Clone)]
 pub struct Images {
-    store: Arc<dyn MetaStore>,
+    records: Records,
 }
 
 impl Images {
     pub fn new(store: Arc<dyn MetaStore>) -> Self {
-        Images { store }
+        Images {
+            records: Records::new(store, TREE),
+        }
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Result<Image, Error> {
         identifiers::validate(ns)?;
-        let bytes = self
-            .store
-            .get(TREE, &metadata::key(ns, name))?
-            .ok_or_else(|| not_found(name))?;
-        Ok(metadata::decode::<Record>(&bytes)?.into_image(name.to_string()))
+        let record: Record = self.records.get(ns, name, || not_found(name))?;
+        Ok(record.into_image(name.to_string()))
     }
 
     pub fn list(&self, ns: &str) -> Result<Vec<Image>, Error> {
         identifiers::validate(ns)?;
-        let prefix = metadata::key(ns, "");
-        self.store
-            .scan_prefix(TREE, &prefix)?
+        Ok(self
+            .records
+            .list::<Record>(ns)?
             .into_iter()
-            .map(|(k, v)| {
-                let name = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                Ok(metadata::decode::<Record>(&v)?.into_image(name))
-            })
-            .collect()
+            .map(|(name, record)| record.into_image(name))
+            .collect())
     }
 
     pub fn create(&self, ns: &str, image: &Image) -> Result<Image, Error> {
@@ -136,14 +127,8 @@ impl Images {
             created_at: now,
             updated_at: now,
         };
-        let bytes = metadata::encode(&record)?;
-        let key = metadata::key(ns, &image.name);
-        self.store.transact(&[TREE, namespaces::TREE], &|txn| {
-            Namespaces::ensure(txn, ns)?;
-            if txn.get(TREE, &key)?.is_some() {
-                return Err(Error::AlreadyExists(format!("image {:?}", image.name)));
-            }
-            txn.insert(TREE, &key, bytes.clone())
+        self.records.create(ns, &image.name, &record, || {
+            Error::AlreadyExists(format!("image {:?}", image.name))
         })?;
         Ok(record.into_image(image.name.clone()))
     }
@@ -151,42 +136,36 @@ impl Images {
     /// `labels`, `labels.<key>` and `target` may change; no paths means all.
     pub fn update(&self, ns: &str, image: &Image, paths: &[String]) -> Result<Image, Error> {
         identifiers::validate(ns)?;
-        let key = metadata::key(ns, &image.name);
-        let updated = RefCell::new(None);
-        self.store.transact(&[TREE], &|txn| {
-            let bytes = txn.get(TREE, &key)?.ok_or_else(|| not_found(&image.name))?;
-            let mut record: Record = metadata::decode(&bytes)?;
-            let (target, label_paths): (Vec<&String>, Vec<&String>) = paths
-                .iter()
-                .partition(|p| p.as_str() == "target" || p.starts_with("target."));
-            if paths.is_empty() || !target.is_empty() {
-                if image.target.media_type.is_empty() {
-                    return Err(Error::InvalidArgument("image target media type must be set".into()));
+        let record = self.records.update(
+            ns,
+            &image.name,
+            || not_found(&image.name),
+            |mut record: Record| {
+                let (target, label_paths): (Vec<&String>, Vec<&String>) = paths
+                    .iter()
+                    .partition(|p| p.as_str() == "target" || p.starts_with("target."));
+                if paths.is_empty() || !target.is_empty() {
+                    if image.target.media_type.is_empty() {
+                        return Err(Error::InvalidArgument("image target media type must be set".into()));
+                    }
+                    record.media_type = image.target.media_type.clone();
+                    record.digest = image.target.digest.clone();
+                    record.size = image.target.size;
+                    record.annotations = image.target.annotations.clone();
                 }
-                record.media_type = image.target.media_type.clone();
-                record.digest = image.target.digest.clone();
-                record.size = image.target.size;
-                record.annotations = image.target.annotations.clone();
-            }
-            let label_paths: Vec<String> = label_paths.into_iter().cloned().collect();
-            if paths.is_empty() || !label_paths.is_empty() {
-                labels::apply_update(&mut record.labels, &image.labels, &label_paths)?;
-            }
-            record.updated_at = SystemTime::now();
-            txn.insert(TREE, &key, metadata::encode(&record)?)?;
-            *updated.borrow_mut() = Some(record);
-            Ok(())
-        })?;
-        let record = updated.into_inner().expect("a committed update sets the record");
+                let label_paths: Vec<String> = label_paths.into_iter().cloned().collect();
+                if paths.is_empty() || !label_paths.is_empty() {
+                    labels::apply_update(&mut record.labels, &image.labels, &label_paths)?;
+                }
+                record.updated_at = SystemTime::now();
+                Ok(record)
+            },
+        )?;
         Ok(record.into_image(image.name.clone()))
     }
 
     pub fn delete(&self, ns: &str, name: &str) -> Result<(), Error> {
         identifiers::validate(ns)?;
-        let key = metadata::key(ns, name);
-        self.store.transact(&[TREE], &|txn| {
-            txn.get(TREE, &key)?.ok_or_else(|| not_found(name))?;
-            txn.remove(TREE, &key)
-        })
+        self.records.delete(ns, name, || not_found(name))
     }
 }

@@ -26,6 +26,7 @@ pub mod metadata;
 pub mod mount;
 pub mod namespaces;
 pub mod plugin;
+pub mod records;
 pub mod registry;
 pub mod runtime;
 pub mod snapshots;
