@@ -2,6 +2,7 @@
 
 mod client;
 mod commands;
+mod content_write;
 mod duration;
 mod error;
 mod labels;

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::{
     client::{Channel, Connection},
+    content_write::WriteSession,
     error::{self, rpc, AlreadyReported},
     labels,
     output::{self, human_size, Format, Table},
@@ -614,7 +615,7 @@ async fn write_content(
     stage: &Cell<Stage>,
 ) -> anyhow::Result<String> {
     let context = || format!("ingest {:?}", plan.reference);
-    let opened = WriteSession::open(conn.content(), lease, plan.stat()).await;
+    let opened = open_session(conn.content(), lease, plan.stat()).await;
     let (mut session, status) = match opened {
         Ok(opened) => opened,
         // With an expected digest the daemon can tell up front that the
@@ -747,56 +748,28 @@ async fn send_chunk(
     Ok(len)
 }
 
-/// One Write call: each message sent gets exactly one reply, so the two
-/// halves are driven in lockstep.
-struct WriteSession {
-    requests: mpsc::Sender<WriteContentRequest>,
-    replies: tonic::Streaming<WriteContentResponse>,
-}
-
-impl WriteSession {
-    /// Opens the stream under `lease` with `first` as its first message,
-    /// returning the session and the reply to that message.
-    async fn open(
-        mut client: ContentClient,
-        lease: &str,
-        first: WriteContentRequest,
-    ) -> Result<(WriteSession, WriteContentResponse), Status> {
-        let lease = MetadataValue::try_from(lease)
-            .map_err(|_| Status::invalid_argument(format!("lease id {lease:?} is not sendable as a header")))?;
-        let (requests, outgoing) = mpsc::channel(1);
-        // Queued before the call, since a server may wait for the first
-        // message before it answers the call at all.
-        requests
-            .send(first)
-            .await
-            .map_err(|_| Status::internal("write stream closed before it opened"))?;
-        let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-        request.metadata_mut().insert(leases::LEASE_HEADER, lease);
-        let replies = client.write(request).await?.into_inner();
-        let mut session = WriteSession { requests, replies };
-        let reply = session.reply().await?;
-        Ok((session, reply))
-    }
-
-    async fn exchange(&mut self, message: WriteContentRequest) -> Result<WriteContentResponse, Status> {
-        if self.requests.send(message).await.is_err() {
-            // The request half is gone only when the call has ended; its
-            // status says why.
-            return Err(match self.replies.message().await {
-                Err(status) => status,
-                Ok(_) => Status::unknown("the daemon closed the write stream"),
-            });
-        }
-        self.reply().await
-    }
-
-    async fn reply(&mut self) -> Result<WriteContentResponse, Status> {
-        self.replies
-            .message()
-            .await?
-            .ok_or_else(|| Status::unknown("the daemon ended the write stream without replying"))
-    }
+/// Opens a Write call under `lease` with `first` as its first message,
+/// returning the session and the reply to that message.
+async fn open_session(
+    mut client: ContentClient,
+    lease: &str,
+    first: WriteContentRequest,
+) -> Result<(WriteSession, WriteContentResponse), Status> {
+    let lease = MetadataValue::try_from(lease)
+        .map_err(|_| Status::invalid_argument(format!("lease id {lease:?} is not sendable as a header")))?;
+    let (requests, outgoing) = mpsc::channel(1);
+    // Queued before the call, since a server may wait for the first
+    // message before it answers the call at all.
+    requests
+        .send(first)
+        .await
+        .map_err(|_| Status::internal("write stream closed before it opened"))?;
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    request.metadata_mut().insert(leases::LEASE_HEADER, lease);
+    let replies = client.write(request).await?.into_inner();
+    let mut session = WriteSession::new(requests, replies);
+    let reply = session.reply().await?;
+    Ok((session, reply))
 }
 
 /// Where ingest reads from: a file or stdin, both held as a file handle so

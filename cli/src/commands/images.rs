@@ -25,7 +25,6 @@ use corten_api::containerd::{
     services::{
         content::v1::{
             InfoRequest, ReadContentRequest, ReadContentResponse, UpdateRequest, WriteAction, WriteContentRequest,
-            WriteContentResponse,
         },
         diff::v1::ApplyRequest,
         images::v1::{
@@ -55,6 +54,7 @@ use super::{
 };
 use crate::{
     client::Connection,
+    content_write::WriteSession,
     error::{self, rpc, AlreadyReported, RpcError},
     output::{self, human_size, Format, Table},
     progress::{self, Progress},
@@ -944,8 +944,7 @@ pub(crate) async fn release_lease(conn: &Connection, id: &str) {
 /// One blob being written through the Content service under a lease. Each
 /// message gets exactly one reply, so the two halves go in lockstep.
 struct BlobWriter {
-    requests: mpsc::Sender<WriteContentRequest>,
-    replies: tonic::Streaming<WriteContentResponse>,
+    session: WriteSession,
     reference: String,
     expected: String,
     total: i64,
@@ -991,15 +990,14 @@ impl BlobWriter {
             Err(status) => return Err(rpc(status).context(context())),
         };
         let mut writer = BlobWriter {
-            requests,
-            replies,
+            session: WriteSession::new(requests, replies),
             reference: reference.clone(),
             expected: expected.to_string(),
             total,
             offset: 0,
             hasher: Sha256::new(),
         };
-        match writer.reply().await {
+        match writer.session.reply().await {
             Ok(status) if status.offset == 0 => Ok(Opened::Writing(Box::new(writer))),
             Ok(status) => bail!(
                 "{}: the daemon already holds {} bytes of it; abort it with `corten content abort {reference}`",
@@ -1022,6 +1020,7 @@ impl BlobWriter {
             ..Default::default()
         };
         let reply = self
+            .session
             .exchange(message)
             .await
             .map_err(rpc)
@@ -1049,32 +1048,13 @@ impl BlobWriter {
             labels,
             ..Default::default()
         };
-        match self.exchange(message).await {
+        match self.session.exchange(message).await {
             Ok(reply) if reply.digest.is_empty() => Ok(local),
             Ok(reply) => Ok(reply.digest),
             // The same bytes were stored meanwhile: what was asked for is there.
             Err(status) if status.code() == Code::AlreadyExists => Ok(local),
             Err(status) => Err(rpc(status).context(format!("committing {:?}", self.reference))),
         }
-    }
-
-    async fn exchange(&mut self, message: WriteContentRequest) -> Result<WriteContentResponse, Status> {
-        if self.requests.send(message).await.is_err() {
-            // The request half is gone only when the call has ended; its
-            // status says why.
-            return Err(match self.replies.message().await {
-                Err(status) => status,
-                Ok(_) => Status::unknown("the daemon closed the write stream"),
-            });
-        }
-        self.reply().await
-    }
-
-    async fn reply(&mut self) -> Result<WriteContentResponse, Status> {
-        self.replies
-            .message()
-            .await?
-            .ok_or_else(|| Status::unknown("the daemon ended the write stream without replying"))
     }
 }
 
