@@ -169,3 +169,37 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
     }
 }
+
+/// The outcome of a command that removes several objects one call at a
+/// time (every `rm`): it keeps going past a failure, with one error line
+/// apiece, prints each name removed, and goes on removing when stdout is
+/// closed (`| head`); the exit status says whether all went.
+#[derive(Default)]
+pub struct Removals {
+    failed: usize,
+    stdout_error: Option<std::io::Error>,
+}
+
+impl Removals {
+    pub fn removed(&mut self, name: &str) {
+        if let Err(e) = crate::output::print(&format!("{name}\n")) {
+            self.stdout_error.get_or_insert(e);
+        }
+    }
+
+    pub fn failed(&mut self, err: &anyhow::Error) {
+        self.failed += 1;
+        report(err);
+    }
+
+    /// Failures first: they were reported, so only the status is left.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            return Err(AlreadyReported(self.failed).into());
+        }
+        match self.stdout_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}

@@ -35,7 +35,7 @@ use super::{
 use crate::{
     client::{Channel, Connection},
     content_write::WriteSession,
-    error::{self, rpc, AlreadyReported},
+    error::{self, rpc, Removals},
     labels,
     output::{self, human_size, Format, Table},
     progress::{self, Progress},
@@ -294,8 +294,7 @@ fn check_digest(text: &str) -> anyhow::Result<()> {
 async fn rm(ctx: &Context, digests: Vec<String>) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
     let mut client = conn.content();
-    let mut failed = 0;
-    let mut stdout_error = None;
+    let mut removals = Removals::default();
     for digest in digests {
         let outcome = match check_digest(&digest) {
             Ok(()) => client
@@ -305,24 +304,11 @@ async fn rm(ctx: &Context, digests: Vec<String>) -> anyhow::Result<()> {
             Err(err) => Err(err),
         };
         match outcome {
-            Ok(_) => {
-                if let Err(e) = output::print(&format!("{digest}\n")) {
-                    stdout_error.get_or_insert(e);
-                }
-            }
-            Err(err) => {
-                failed += 1;
-                error::report(&err);
-            }
+            Ok(_) => removals.removed(&digest),
+            Err(err) => removals.failed(&err),
         }
     }
-    if failed > 0 {
-        return Err(AlreadyReported(failed).into());
-    }
-    match stdout_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    removals.finish()
 }
 
 // ---------------------------------------------------------------- label

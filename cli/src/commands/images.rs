@@ -55,7 +55,7 @@ use super::{
 use crate::{
     client::Connection,
     content_write::WriteSession,
-    error::{self, rpc, AlreadyReported, RpcError},
+    error::{self, rpc, AlreadyReported, Removals, RpcError},
     output::{self, human_size, Format, Table},
     progress::{self, Progress},
     signals::interruption,
@@ -1218,8 +1218,7 @@ async fn image_platforms(conn: &Connection, target: &Descriptor) -> anyhow::Resu
 async fn rm(ctx: &Context, sync: bool, names: Vec<String>) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
     let mut client = conn.images();
-    let mut failed = 0;
-    let mut stdout_error = None;
+    let mut removals = Removals::default();
     let mut synced = false;
     let last = names.len().saturating_sub(1);
     for (i, name) in names.into_iter().enumerate() {
@@ -1230,17 +1229,12 @@ async fn rm(ctx: &Context, sync: bool, names: Vec<String>) -> anyhow::Result<()>
         match client.delete(request).await {
             Ok(_) => {
                 synced |= sync && i == last;
-                if let Err(e) = output::print(&format!("{name}\n")) {
-                    stdout_error.get_or_insert(e);
-                }
+                removals.removed(&name);
             }
             Err(status) if status.code() == Code::NotFound => {
                 eprintln!("corten: warning: {name}: image not found");
             }
-            Err(status) => {
-                failed += 1;
-                error::report(&rpc(status).context(format!("removing {name:?}")));
-            }
+            Err(status) => removals.failed(&rpc(status).context(format!("removing {name:?}"))),
         }
     }
     if sync && !synced {
@@ -1248,13 +1242,7 @@ async fn rm(ctx: &Context, sync: bool, names: Vec<String>) -> anyhow::Result<()>
         // a lease removed with sync asks for one all the same.
         collect_garbage(&conn).await?;
     }
-    if failed > 0 {
-        return Err(AlreadyReported(failed).into());
-    }
-    match stdout_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    removals.finish()
 }
 
 /// Runs the garbage collector and waits for it, by removing an empty

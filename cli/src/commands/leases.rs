@@ -19,7 +19,7 @@ use super::Context;
 use crate::{
     client::Connection,
     duration,
-    error::{self, rpc, AlreadyReported},
+    error::{rpc, Removals},
     labels,
     output::{self, Format, Table},
 };
@@ -259,28 +259,14 @@ fn expired(lease: &Lease, now: SystemTime) -> bool {
 async fn rm(ctx: &Context, sync: bool, ids: Vec<String>) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
     let mut client = conn.leases();
-    let mut failed = 0;
-    let mut stdout_error = None;
+    let mut removals = Removals::default();
     for id in ids {
         match client.delete(DeleteRequest { id: id.clone(), sync }).await {
-            Ok(_) => {
-                if let Err(e) = output::print(&format!("{id}\n")) {
-                    stdout_error.get_or_insert(e);
-                }
-            }
-            Err(status) => {
-                failed += 1;
-                error::report(&rpc(status));
-            }
+            Ok(_) => removals.removed(&id),
+            Err(status) => removals.failed(&rpc(status)),
         }
     }
-    if failed > 0 {
-        return Err(AlreadyReported(failed).into());
-    }
-    match stdout_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    removals.finish()
 }
 
 #[derive(Debug, Serialize)]

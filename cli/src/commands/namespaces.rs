@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::Context;
 use crate::{
-    error::{self, rpc, AlreadyReported},
+    error::{rpc, Removals},
     labels,
     output::{self, Format, Table},
 };
@@ -154,30 +154,15 @@ fn label_update(name: String, labels: BTreeMap<String, String>) -> UpdateNamespa
 async fn rm(ctx: &Context, names: Vec<String>) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
     let mut client = conn.namespaces();
-    let mut failed = 0;
-    // A reader that stops reading (`| head`) must not stop the removals.
-    let mut stdout_error = None;
+    let mut removals = Removals::default();
     for name in names {
         let request = DeleteNamespaceRequest { name: name.clone() };
         match client.delete(request).await {
-            Ok(_) => {
-                if let Err(e) = output::print(&format!("{name}\n")) {
-                    stdout_error.get_or_insert(e);
-                }
-            }
-            Err(status) => {
-                failed += 1;
-                error::report(&rpc(status));
-            }
+            Ok(_) => removals.removed(&name),
+            Err(status) => removals.failed(&rpc(status)),
         }
     }
-    if failed > 0 {
-        return Err(AlreadyReported(failed).into());
-    }
-    match stdout_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    removals.finish()
 }
 
 #[cfg(test)]

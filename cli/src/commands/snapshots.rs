@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     client::{Channel, Connection},
-    error::{self, rpc, AlreadyReported},
+    error::{self, rpc, AlreadyReported, Removals},
     labels, mounts,
     output::{self, human_size, Format, Table},
     signals::interruption,
@@ -332,32 +332,18 @@ async fn commit(ctx: &Context, snapshotter: &str, name: String, key: String) -> 
 async fn rm(ctx: &Context, snapshotter: &str, keys: Vec<String>) -> anyhow::Result<()> {
     let conn = ctx.connect().await?;
     let mut client = conn.snapshots();
-    let mut failed = 0;
-    let mut stdout_error = None;
+    let mut removals = Removals::default();
     for key in keys {
         let request = RemoveSnapshotRequest {
             snapshotter: snapshotter.to_string(),
             key: key.clone(),
         };
         match client.remove(request).await {
-            Ok(_) => {
-                if let Err(e) = output::print(&format!("{key}\n")) {
-                    stdout_error.get_or_insert(e);
-                }
-            }
-            Err(status) => {
-                failed += 1;
-                error::report(&rpc(status).context(format!("removing {key:?}")));
-            }
+            Ok(_) => removals.removed(&key),
+            Err(status) => removals.failed(&rpc(status).context(format!("removing {key:?}"))),
         }
     }
-    if failed > 0 {
-        return Err(AlreadyReported(failed).into());
-    }
-    match stdout_error {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    removals.finish()
 }
 
 // ---------------------------------------------------------------- ls / info
