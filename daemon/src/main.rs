@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    malloc::apply_tunables();
     malloc::tune();
     plugins::link();
     let args = cli::Args::parse();
