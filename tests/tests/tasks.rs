@@ -268,6 +268,40 @@ fn detached_container_lifecycle() {
 }
 
 /// `ctr run -t` needs a terminal of its own: `script` gives it one.
+/// cortend starts itself once more with glibc's per-thread malloc caches
+/// off (see daemon/src/malloc.rs); the shims it starts must get the
+/// environment cortend was given, without that setting or its marker.
+#[test]
+fn shims_get_the_daemons_environment_without_its_malloc_setting() {
+    let env = Env::start("environ");
+    let environ = |pid: i32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap_or_default()
+            .split(|&b| b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    // The block the second start was exec'd with; glibc read it then.
+    let daemon = environ(env.d.pid().as_raw());
+    assert!(
+        daemon.iter().any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "cortend runs without GLIBC_TUNABLES=glibc.malloc.tcache_count=0: {daemon:?}"
+    );
+
+    let id = "environ";
+    env.run_detached(id, &["sleep", "1000"]);
+    let shims = corten_tests::tasks::shim_pids(&env.ns, Some(id));
+    assert_eq!(shims.len(), 1, "one shim for {id}");
+    let shim = environ(shims[0]);
+    let leaked: Vec<&String> = shim
+        .iter()
+        .filter(|v| v.starts_with("GLIBC_TUNABLES=") || v.starts_with("CORTEND_GIVEN_GLIBC_TUNABLES="))
+        .collect();
+    assert!(leaked.is_empty(), "the shim inherited {leaked:?}");
+    env.remove(id);
+    env.assert_nothing_left(&[id]);
+}
+
 #[test]
 fn run_with_a_terminal() {
     let env = Env::start("terminal");
