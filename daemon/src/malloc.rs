@@ -72,12 +72,14 @@ pub fn apply_tunables() {
     let mut args = env::args_os();
     let arg0 = args.next().unwrap_or_else(|| OsString::from("cortend"));
     // Only returns on failure.
-    let _ = Command::new("/proc/self/exe")
+    let failed = Command::new("/proc/self/exe")
         .arg0(arg0)
         .args(args)
         .env(TUNABLES_VAR, tunables)
         .env(GIVEN_VAR, given)
         .exec();
+    // Logging is not set up yet.
+    eprintln!("cortend: warning: running with glibc's thread caches on: restart through /proc/self/exe: {failed}");
 }
 
 /// `given` with [`TUNABLE`] added, or `None` when it sets the caches already.
