@@ -11,16 +11,10 @@ use tracing_subscriber::{
     Layer as _,
 };
 
-/// Our crates: they log at the level asked for, everything else at `warn`.
-const OURS: [&str; 7] = [
-    "corten",
-    "cortend",
-    "corten_core",
-    "corten_metadata",
-    "corten_events",
-    "corten_services",
-    "corten_daemon",
-];
+/// Our crates (`cortend`, `corten_core`, `corten_snapshots`, ...): a
+/// target matches by prefix, so one directive gives them all the level
+/// asked for; everything else logs at `warn`.
+const OURS: &str = "corten";
 
 pub fn init(level: &str, format: &str) -> anyhow::Result<()> {
     let level = if level.is_empty() { "info" } else { level };
@@ -28,9 +22,7 @@ pub fn init(level: &str, format: &str) -> anyhow::Result<()> {
     // Dependencies (h2, sled) are chatty at debug. A plain target filter
     // rather than `EnvFilter`: the directives are fixed, and `EnvFilter`'s
     // span and field matching is code the daemon would load for nothing.
-    let filter = Targets::new()
-        .with_default(LevelFilter::WARN)
-        .with_targets(OURS.map(|target| (target, level)));
+    let filter = Targets::new().with_default(LevelFilter::WARN).with_target(OURS, level);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
