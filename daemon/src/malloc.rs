@@ -32,7 +32,7 @@
 use std::{
     env,
     ffi::{OsStr, OsString},
-    os::unix::process::CommandExt,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
     process::Command,
     sync::Arc,
     time::Duration,
@@ -63,6 +63,7 @@ pub fn apply_tunables() {
             env::set_var(TUNABLES_VAR, &given);
         }
         env::remove_var(GIVEN_VAR);
+        restore_name();
         return;
     }
     let given = env::var_os(TUNABLES_VAR).unwrap_or_default();
@@ -80,6 +81,24 @@ pub fn apply_tunables() {
         .exec();
     // Logging is not set up yet.
     eprintln!("cortend: warning: running with glibc's thread caches on: restart through /proc/self/exe: {failed}");
+}
+
+/// Names the process after its binary again. An exec names a process after
+/// the file it ran, here `/proc/self/exe`: without this, `ps`, `top` and
+/// `pkill cortend` would see a process called `exe`.
+fn restore_name() {
+    let Some(name) = env::current_exe()
+        .ok()
+        .and_then(|path| path.file_name().map(|n| n.as_bytes().to_vec()))
+    else {
+        return;
+    };
+    // The kernel keeps 15 bytes of a name.
+    let name = &name[..name.len().min(15)];
+    if let Ok(name) = std::ffi::CString::new(name) {
+        // Only the name shown for the process changes; failure keeps `exe`.
+        let _ = nix::sys::prctl::set_name(&name);
+    }
 }
 
 /// `given` with [`TUNABLE`] added, or `None` when it sets the caches already.

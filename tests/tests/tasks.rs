@@ -287,6 +287,9 @@ fn shims_get_the_daemons_environment_without_its_malloc_setting() {
         daemon.iter().any(|v| v == "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
         "cortend runs without GLIBC_TUNABLES=glibc.malloc.tcache_count=0: {daemon:?}"
     );
+    // Named after its binary still, not after /proc/self/exe.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", env.d.pid())).unwrap_or_default();
+    assert_eq!(comm.trim_end(), "cortend");
 
     let id = "environ";
     env.run_detached(id, &["sleep", "1000"]);
