@@ -6,6 +6,7 @@
 //! [`MetaStore`]: corten_core::metadata::MetaStore
 
 mod plugin;
+mod priority;
 mod store;
 
 pub use plugin::SledConfig;

@@ -188,11 +188,14 @@ impl Syncer {
 
 impl SledStore {
     pub fn open(path: &Path, cache_capacity: u64) -> Result<SledStore, Error> {
+        let raised = crate::priority::Raised::current_thread();
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity)
             .open()
-            .map_err(db_err("open metadata"))?;
+            .map_err(db_err("open metadata"));
+        drop(raised);
+        let db = db?;
         match db.get(SCHEMA_KEY).map_err(db_err("read schema version"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
             Some(v) => {
