@@ -22,28 +22,26 @@ use nix::libc;
 /// The opening thread's nice value while it opens.
 const OPENING_NICE: libc::c_int = -20;
 
-/// Raised priority of the current thread, put back on drop.
+/// Raised priority of the current thread, put back to the default (nice 0)
+/// on drop.
 pub struct Raised {
     tid: libc::id_t,
-    nice: libc::c_int,
 }
 
 impl Raised {
     /// Raises the current thread's priority, or returns `None` where it
-    /// cannot be raised (no `CAP_SYS_NICE`) or where the daemon runs at
-    /// another than the default policy and priority, which its threads keep.
+    /// cannot be raised (no `CAP_SYS_NICE`) or where the thread runs at a
+    /// policy or priority other than the default, which it then keeps.
     pub fn current_thread() -> Option<Raised> {
         let tid = libc::id_t::try_from(nix::unistd::gettid().as_raw()).ok()?;
         // SAFETY: sched_getscheduler takes a thread id (0: this one) and returns a number.
         if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
             return None;
         }
-        // SAFETY: getpriority reads a value (-1 on error, which the check
-        // below refuses either way).
-        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
         // Children of a raised thread start at nice 0: the daemon's own
         // priority only when that is 0 too.
-        if nice != 0 {
+        // SAFETY: getpriority reads a value (-1 on error, refused here too).
+        if unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) } != 0 {
             return None;
         }
         // The nice value first: only it needs the privilege, and clearing
@@ -54,7 +52,7 @@ impl Raised {
             return None;
         }
         // From here on, dropping `raised` puts back what was changed.
-        let raised = Raised { tid, nice };
+        let raised = Raised { tid };
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: `param` outlives the call, which only reads it.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param) } != 0 {
@@ -70,7 +68,7 @@ impl Drop for Raised {
         // so it has it to go back; were it refused, the thread would only
         // stay favoured over the daemon's others.
         unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, self.tid, self.nice);
+            libc::setpriority(libc::PRIO_PROCESS, self.tid, 0);
             let param = libc::sched_param { sched_priority: 0 };
             libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
         }
