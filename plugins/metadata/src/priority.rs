@@ -33,7 +33,7 @@ impl Raised {
     /// cannot be raised (no `CAP_SYS_NICE`) or where the thread runs at a
     /// policy or priority other than the default, which it then keeps.
     pub fn current_thread() -> Option<Raised> {
-        let tid = libc::id_t::try_from(nix::unistd::gettid().as_raw()).ok()?;
+        let tid = this_thread()?;
         // SAFETY: sched_getscheduler takes a thread id (0: this one) and returns a number.
         if unsafe { libc::sched_getscheduler(0) } != libc::SCHED_OTHER {
             return None;
@@ -62,6 +62,10 @@ impl Raised {
     }
 }
 
+fn this_thread() -> Option<libc::id_t> {
+    libc::id_t::try_from(nix::unistd::gettid().as_raw()).ok()
+}
+
 impl Drop for Raised {
     fn drop(&mut self) {
         // SAFETY: as above. The thread had the privilege to raise itself,
@@ -84,21 +88,17 @@ mod tests {
         unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
     }
 
-    fn this_tid() -> libc::id_t {
-        libc::id_t::try_from(nix::unistd::gettid().as_raw()).unwrap()
-    }
-
     #[test]
     fn raises_this_thread_alone_and_puts_it_back() {
         // The tests run as root, as the daemon does.
         std::thread::spawn(|| {
-            let tid = this_tid();
+            let tid = this_thread().unwrap();
             let raised = Raised::current_thread().expect("raise priority (needs CAP_SYS_NICE)");
             assert_eq!(nice_of(tid), OPENING_NICE);
             let child = std::thread::spawn(|| {
                 // SAFETY: as in `current_thread`.
                 let policy = unsafe { libc::sched_getscheduler(0) };
-                (nice_of(this_tid()), policy)
+                (nice_of(this_thread().unwrap()), policy)
             })
             .join()
             .unwrap();

@@ -188,14 +188,11 @@ impl Syncer {
 
 impl SledStore {
     pub fn open(path: &Path, cache_capacity: u64) -> Result<SledStore, Error> {
-        let raised = crate::priority::Raised::current_thread();
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
-            .open()
-            .map_err(db_err("open metadata"));
-        drop(raised);
-        let db = db?;
+        let db = {
+            let _raised = crate::priority::Raised::current_thread();
+            sled::Config::new().path(path).cache_capacity(cache_capacity).open()
+        }
+        .map_err(db_err("open metadata"))?;
         match db.get(SCHEMA_KEY).map_err(db_err("read schema version"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
             Some(v) => {
@@ -239,8 +236,10 @@ impl SledStore {
     /// Returns once every write acknowledged so far is on stable storage.
     fn durable_flush(&self) -> Result<(), Error> {
         self.db.flush().map_err(db_err("flush metadata"))?;
+        // After the sync, which transactions finishing together share.
+        let synced = self.syncer.sync();
         release_garbage();
-        self.syncer.sync()
+        synced
     }
 
     fn tree(&self, name: &str) -> Result<sled::Tree, Error> {
