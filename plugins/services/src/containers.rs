@@ -33,7 +33,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     publish::publish,
     request,
-    status::{blocking, to_status},
+    status::{blocking, inline, to_status},
 };
 
 const EVENTS: &str = "io.containerd.event.v1";
@@ -114,8 +114,7 @@ impl ContainersApi for ContainersService {
     async fn get(&self, request: Request<GetContainerRequest>) -> Result<Response<GetContainerResponse>, Status> {
         let ns = request::namespace(request.metadata())?;
         let id = request.into_inner().id;
-        let containers = self.containers.clone();
-        let found = blocking(move || containers.get(&ns, &id)).await?;
+        let found = inline(|| self.containers.get(&ns, &id))?;
         Ok(Response::new(GetContainerResponse {
             container: Some(container_msg(found)),
         }))

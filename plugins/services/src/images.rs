@@ -25,7 +25,7 @@ use crate::{
     convert::{descriptor, descriptor_msg},
     publish::publish,
     request,
-    status::{blocking, to_status},
+    status::{blocking, inline, to_status},
 };
 
 #[derive(Clone)]
@@ -61,8 +61,7 @@ impl ImagesApi for ImagesService {
     async fn get(&self, request: Request<GetImageRequest>) -> Result<Response<GetImageResponse>, Status> {
         let ns = request::namespace(request.metadata())?;
         let name = request.into_inner().name;
-        let images = self.images.clone();
-        let found = blocking(move || images.get(&ns, &name)).await?;
+        let found = inline(|| self.images.get(&ns, &name))?;
         Ok(Response::new(GetImageResponse {
             image: Some(image_msg(found)),
         }))

@@ -22,7 +22,10 @@ use corten_core::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{publish::publish, status::blocking};
+use crate::{
+    publish::publish,
+    status::{blocking, inline},
+};
 
 #[derive(Clone)]
 struct NamespacesService {
@@ -55,9 +58,8 @@ fn event_namespace(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
 #[tonic::async_trait]
 impl NamespacesApi for NamespacesService {
     async fn get(&self, request: Request<GetNamespaceRequest>) -> Result<Response<GetNamespaceResponse>, Status> {
-        let store = self.store.clone();
         let name = request.into_inner().name;
-        let ns = blocking(move || store.get(&name)).await?;
+        let ns = inline(|| self.store.get(&name))?;
         Ok(Response::new(GetNamespaceResponse {
             namespace: Some(to_msg(ns)),
         }))

@@ -28,7 +28,7 @@ use crate::{
     convert::mount_msg,
     publish::publish,
     request,
-    status::{blocking, to_status},
+    status::{blocking, inline, to_status},
 };
 
 /// What an empty `snapshotter` field means, as in containerd.
@@ -115,7 +115,7 @@ impl Snapshots for SnapshotsService {
         let ns = request::namespace(request.metadata())?;
         let r = request.into_inner();
         let sn = self.snapshotter(&r.snapshotter)?;
-        let mounts = blocking(move || sn.mounts(&ns, &r.key)).await?;
+        let mounts = inline(|| sn.mounts(&ns, &r.key))?;
         Ok(Response::new(MountsResponse {
             mounts: mounts.into_iter().map(mount_msg).collect(),
         }))
@@ -163,7 +163,7 @@ impl Snapshots for SnapshotsService {
         let ns = request::namespace(request.metadata())?;
         let r = request.into_inner();
         let sn = self.snapshotter(&r.snapshotter)?;
-        let info = blocking(move || sn.stat(&ns, &r.key)).await?;
+        let info = inline(|| sn.stat(&ns, &r.key))?;
         Ok(Response::new(StatSnapshotResponse {
             info: Some(info_msg(info)),
         }))

@@ -36,7 +36,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     convert::mount,
     request,
-    status::{blocking, to_status},
+    status::{inline, to_status},
 };
 
 #[derive(Clone)]
@@ -141,8 +141,7 @@ impl TasksApi for TasksService {
                 "restoring a task from a checkpoint is not supported".into(),
             )));
         }
-        let (containers, ns2, id2) = (self.containers.clone(), ns.clone(), id.clone());
-        let container = blocking(move || containers.get(&ns2, &id2)).await?;
+        let container = inline(|| self.containers.get(&ns, &id))?;
         let spec = container
             .spec
             .ok_or_else(|| to_status(Error::FailedPrecondition(format!("container {id} has no runtime spec"))))?;
