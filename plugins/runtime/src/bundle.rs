@@ -4,17 +4,22 @@
 //!
 //! Removal is careful: the root filesystem is unmounted and its (then empty)
 //! directory removed first, so a mount that will not go away stops the
-//! removal instead of letting it delete the container's files.
+//! removal instead of letting it delete the container's files. Then the
+//! bundle and work directories are moved to hidden names, each its own, so
+//! the id is free at once and a later scan never takes a half-removed
+//! directory for a bundle; what they hold can be removed afterwards
+//! ([`SetAside`]).
 
 use std::{
     fs::DirBuilder,
     io::{self, ErrorKind},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use rustix::{
-    fs::{FileType, Mode, CWD},
+    fs::{FileType, Mode, RenameFlags, CWD},
     io::Errno,
     mount::UnmountFlags,
 };
@@ -119,6 +124,14 @@ impl Bundle {
     /// Unmounts the root filesystem, then removes the bundle and the work
     /// directory. Removing what is already gone is not an error.
     pub fn remove(&self) -> io::Result<()> {
+        self.set_aside()?.remove()
+    }
+
+    /// Unmounts the root filesystem and removes its directory, then moves
+    /// the bundle and the work directory out of the way, leaving their
+    /// contents to [`SetAside::remove`]. Fails, moving nothing, if the root
+    /// filesystem stays mounted or holds files.
+    pub fn set_aside(&self) -> io::Result<SetAside> {
         self.unmount_rootfs()?;
         match std::fs::remove_dir(self.rootfs()) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -129,23 +142,73 @@ impl Bundle {
             }
             _ => {}
         }
-        let bundle = remove_tree(&self.path);
-        let work = remove_tree(&self.work);
-        bundle.and(work)
+        let mut aside = SetAside::default();
+        for path in [&self.path, &self.work] {
+            match hide(path) {
+                Ok(Some(hidden)) => aside.hidden.push((path.clone(), hidden)),
+                Ok(None) => {}
+                Err(e) => {
+                    aside.failed.get_or_insert(e);
+                }
+            }
+        }
+        Ok(aside)
     }
 }
 
-/// Renames `path` to a hidden sibling first, so a half-removed directory is
-/// never mistaken for a bundle by a later scan.
-fn remove_tree(path: &Path) -> io::Result<()> {
-    let name = path.file_name().expect("bundle paths end in a name").to_string_lossy();
-    let hidden = path.with_file_name(format!(".{name}"));
-    match std::fs::rename(path, &hidden) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("remove {}: {e}", path.display()))),
+/// A bundle's directories under hidden names, to be removed.
+#[derive(Debug, Default)]
+#[must_use = "what was set aside stays on disk until it is removed"]
+pub struct SetAside {
+    /// `(where it was, where it is)`.
+    hidden: Vec<(PathBuf, PathBuf)>,
+    /// Why a directory could not be moved (it stays where it was).
+    failed: Option<io::Error>,
+}
+
+impl SetAside {
+    /// Removes the directories; the first error, if any, including one
+    /// from setting them aside.
+    pub fn remove(self) -> io::Result<()> {
+        let mut result = self.failed.map_or(Ok(()), Err);
+        for (was, hidden) in self.hidden {
+            if let Err(e) = std::fs::remove_dir_all(&hidden) {
+                if result.is_ok() {
+                    result = Err(io::Error::new(e.kind(), format!("remove {}: {e}", was.display())));
+                }
+            }
+        }
+        result
     }
-    std::fs::remove_dir_all(&hidden).map_err(|e| io::Error::new(e.kind(), format!("remove {}: {e}", path.display())))
+}
+
+/// Moves `path` to a hidden sibling of a name no other removal uses, so
+/// removals of the same id cannot collide; `None` if it is gone already.
+fn hide(path: &Path) -> io::Result<Option<PathBuf>> {
+    // Unique within this process; a name left by an earlier one (a crash
+    // mid-removal, before the next start removed it) is skipped over.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().expect("bundle paths end in a name").to_string_lossy();
+    loop {
+        let hidden = path.with_file_name(format!(".{name}.{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let moved = match rustix::fs::renameat_with(CWD, path, CWD, &hidden, RenameFlags::NOREPLACE) {
+            // A filesystem that cannot refuse to replace: a plain rename
+            // replaces only an empty directory, and fails on anything else.
+            Err(Errno::INVAL) => rustix::fs::rename(path, &hidden),
+            moved => moved,
+        };
+        match moved {
+            Ok(()) => return Ok(Some(hidden)),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("remove {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,6 +239,32 @@ mod tests {
         assert!(!b.path.exists() && !b.work.exists());
         assert_eq!(std::fs::read_dir(state.join("ns")).unwrap().count(), 0);
         b.remove().unwrap();
+    }
+
+    #[test]
+    fn set_aside_frees_the_id_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, root) = (dir.path().join("state"), dir.path().join("root"));
+        let b = Bundle::at(&state, &root, "ns", "c1");
+        let mut asides = Vec::new();
+        for round in 0..3 {
+            b.create(format!("{round}").as_bytes()).unwrap();
+            std::fs::write(b.work.join("kept"), b"x").unwrap();
+            asides.push(b.set_aside().unwrap());
+            assert!(!b.path.exists() && !b.work.exists());
+        }
+        // Each under a hidden name of its own, none removed yet.
+        let hidden = |dir: &Path| std::fs::read_dir(dir.join("ns")).unwrap().count();
+        assert_eq!((hidden(&state), hidden(&root)), (3, 3));
+        b.create(b"live").unwrap();
+        for aside in asides {
+            aside.remove().unwrap();
+        }
+        assert_eq!((hidden(&state), hidden(&root)), (1, 1));
+        assert_eq!(std::fs::read(b.file(CONFIG)).unwrap(), b"live");
+        // Setting aside what is gone sets nothing aside.
+        b.remove().unwrap();
+        b.set_aside().unwrap().remove().unwrap();
     }
 
     #[test]
