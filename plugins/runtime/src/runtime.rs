@@ -278,10 +278,6 @@ impl Inner {
             .map_err(|e| ShimError::io(format!("record the shim in {}", bundle.path.display()), e))?;
         let client = ShimClient::connect(&boot.address, boot.task_service(), namespace).await?;
         launched.client = Some(client.clone());
-        let connect: ConnectResponse = client
-            .call("Connect", &ConnectRequest { id: id.into() }, Some(self.timeouts.load))
-            .await?;
-        launched.process = open_process(connect.shim_pid);
 
         let io = &opts.io;
         let request = CreateTaskRequest {
@@ -310,7 +306,16 @@ impl Inner {
                 .or(opts.runtime_options.as_ref())
                 .map(convert::any),
         };
-        let created: CreateTaskResponse = client.call("Create", &request, None).await?;
+        // Connect (for the shim's pid) goes out beside Create rather than
+        // before it: its round trip then hides behind `runc create`. It is
+        // bounded no more than Create is: runc shims answer it only once a
+        // Create that holds their lock is done.
+        let connect_request = ConnectRequest { id: id.into() };
+        let connect = client.call::<_, ConnectResponse>("Connect", &connect_request, None);
+        let create = client.call::<_, CreateTaskResponse>("Create", &request, None);
+        let (connect, created) = tokio::join!(connect, create);
+        launched.process = open_process(connect?.shim_pid);
+        let created = created?;
         tracing::debug!(namespace, id, pid = created.pid, elapsed = ?started.elapsed(), "task created");
         Ok(Arc::new(ShimTask::new(
             bundle.clone(),
