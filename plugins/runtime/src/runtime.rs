@@ -2,8 +2,10 @@
 //!
 //! Creating a task lays out its bundle, starts a shim and creates the task
 //! in it; any failure undoes all of that. Deleting one deletes its init
-//! process in the shim, shuts the shim down and removes the bundle. A shim
-//! that dies on its own is cleaned up after by its watcher.
+//! process in the shim, asks the shim to exit and sets the bundle aside,
+//! then answers; the shim's exit is awaited (it is killed if it lingers)
+//! and the bundle removed after the answer. A shim that dies on its own is
+//! cleaned up after by its watcher.
 //!
 //! Creates and deletes run as their own tokio tasks, so a client that
 //! gives up half-way never leaves a half-made bundle or a stray shim.
