@@ -189,6 +189,7 @@ fn hide(path: &Path) -> io::Result<Option<PathBuf>> {
     // mid-removal, before the next start removed it) is skipped over.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path.file_name().expect("bundle paths end in a name").to_string_lossy();
+    let mut taken = 0;
     loop {
         let hidden = path.with_file_name(format!(".{name}.{}", NEXT.fetch_add(1, Ordering::Relaxed)));
         let moved = match rustix::fs::renameat_with(CWD, path, CWD, &hidden, RenameFlags::NOREPLACE) {
@@ -200,7 +201,10 @@ fn hide(path: &Path) -> io::Result<Option<PathBuf>> {
         match moved {
             Ok(()) => return Ok(Some(hidden)),
             Err(Errno::NOENT) => return Ok(None),
-            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) | Err(Errno::NOTDIR) => continue,
+            // Names are only ever left by a crash, so a few are taken at
+            // most; the bound keeps a filesystem that answers so for any
+            // name from looping forever.
+            Err(Errno::EXIST) | Err(Errno::NOTEMPTY) if taken < 64 => taken += 1,
             Err(e) => {
                 return Err(io::Error::new(
                     io::Error::from(e).kind(),
