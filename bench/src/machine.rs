@@ -94,6 +94,41 @@ impl CpuTimes {
     }
 }
 
+/// CPU time used up to one moment: every CPU's busy time together, and one
+/// process's own (its threads, not its children), in /proc's ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    all_busy: u64,
+    process: u64,
+}
+
+impl CpuSample {
+    pub fn take(pid: u32) -> anyhow::Result<CpuSample> {
+        use anyhow::Context as _;
+        let all_busy = read_cpu_times().context("read /proc/stat")?.busy;
+        let path = format!("/proc/{pid}/stat");
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        let process = parse_process_ticks(&stat).with_context(|| format!("parse {path}"))?;
+        Ok(CpuSample { all_busy, process })
+    }
+
+    /// Milliseconds of CPU since `earlier`: `(every CPU's busy time, the
+    /// process's own)`.
+    pub fn since(&self, earlier: &CpuSample) -> (f64, f64) {
+        let ms_per_tick = 1e3 / ticks_per_second();
+        let ms = |now: u64, then: u64| now.saturating_sub(then) as f64 * ms_per_tick;
+        (ms(self.all_busy, earlier.all_busy), ms(self.process, earlier.process))
+    }
+}
+
+/// The unit of /proc's CPU times (USER_HZ).
+fn ticks_per_second() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        _ => 100.0,
+    }
+}
+
 fn read_cpu_times() -> Option<CpuTimes> {
     parse_cpu_line(std::fs::read_to_string("/proc/stat").ok()?.lines().next()?)
 }
@@ -121,16 +156,29 @@ fn read_own_ticks() -> Option<u64> {
 }
 
 fn parse_own_ticks(stat: &str) -> Option<u64> {
+    stat_ticks(stat, 11..15)
+}
+
+/// User and system ticks of a process alone (fields 14 and 15).
+fn parse_process_ticks(stat: &str) -> Option<u64> {
+    stat_ticks(stat, 11..13)
+}
+
+fn stat_ticks(stat: &str, fields_after_name: std::ops::Range<usize>) -> Option<u64> {
     // The command name may contain spaces and parentheses; the fields
     // after its last ')' start at field 3.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields.get(11..15)?.iter().map(|f| f.parse::<u64>().ok()).sum()
+    fields
+        .get(fields_after_name)?
+        .iter()
+        .map(|f| f.parse::<u64>().ok())
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_cpu_line, parse_own_ticks, CpuTimes, Machine};
+    use super::{parse_cpu_line, parse_own_ticks, parse_process_ticks, CpuTimes, Machine};
 
     #[test]
     fn parses_the_aggregate_line() {
@@ -169,5 +217,6 @@ mod tests {
     fn own_ticks_add_self_and_children() {
         let stat = "42 (a) b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 20 10 20 0 1 0 5 0 0";
         assert_eq!(parse_own_ticks(stat), Some(40));
+        assert_eq!(parse_process_ticks(stat), Some(10));
     }
 }

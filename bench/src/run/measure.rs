@@ -12,7 +12,7 @@ use super::{
     rpc_breakdown::{Breakdown, Recorder},
     session::Session,
 };
-use crate::{daemon::Kind, proc_status};
+use crate::{daemon::Kind, machine::CpuSample, proc_status};
 
 pub struct Plan {
     /// `ctr run --rm` runs measured per daemon.
@@ -36,6 +36,9 @@ pub struct Series {
     pub run_rm: Vec<f64>,
     /// All containers started, seconds.
     pub start: Vec<f64>,
+    /// CPU used meanwhile, ms: every CPU's busy time, and the daemon's own.
+    pub start_all_cpu_ms: Vec<f64>,
+    pub start_daemon_cpu_ms: Vec<f64>,
     /// All containers killed and removed, seconds.
     pub teardown: Vec<f64>,
     /// The daemon's VmRSS with every container running, KiB.
@@ -67,6 +70,8 @@ pub fn run(
             namespace: s.namespace.clone(),
             run_rm: Vec::new(),
             start: Vec::new(),
+            start_all_cpu_ms: Vec::new(),
+            start_daemon_cpu_ms: Vec::new(),
             teardown: Vec::new(),
             rss_kib: Vec::new(),
             rss_anon_kib: Vec::new(),
@@ -156,10 +161,14 @@ fn parallel_round(
         .map(|i| format!("par-{}-{i:02}", round + 1))
         .collect();
     let client = session.client();
+    let cpu_before = CpuSample::take(session.pid()).context("read CPU times")?;
     let started = client
         .start_detached(reference, &ids)
         .map_err(|e| session.explain(e))
         .context("start")?;
+    let (all_cpu_ms, daemon_cpu_ms) = CpuSample::take(session.pid())
+        .context("read CPU times")?
+        .since(&cpu_before);
 
     let tasks = client.tasks().map_err(|e| session.explain(e))?;
     let mut not_running: Vec<String> = ids
@@ -196,6 +205,8 @@ fn parallel_round(
         .context("after the teardown")?;
 
     into.start.push(started.as_secs_f64());
+    into.start_all_cpu_ms.push(all_cpu_ms);
+    into.start_daemon_cpu_ms.push(daemon_cpu_ms);
     into.teardown.push(teardown.as_secs_f64());
     into.rss_kib.push(rss.total);
     into.rss_anon_kib.push(rss.anon);

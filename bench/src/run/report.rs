@@ -91,6 +91,10 @@ struct DaemonResult {
     run_rm_ms: Summary,
     /// Every `ctr run -d` of a round, first exec to last exit.
     start_all_ms: Summary,
+    /// CPU used meanwhile: every CPU's busy time, whoever used it, and the
+    /// daemon's own process (not its shims).
+    start_all_cpu_ms: Summary,
+    start_daemon_cpu_ms: Summary,
     /// Every kill and removal of a round, first exec to last exit.
     teardown_all_ms: Summary,
     /// The daemon's VmRSS with every container running.
@@ -174,6 +178,8 @@ impl Report {
                 daemon: s.kind.name(),
                 run_rm_ms: ms(&s.run_rm),
                 start_all_ms: ms(&s.start),
+                start_all_cpu_ms: Summary::of(s.start_all_cpu_ms.clone()),
+                start_daemon_cpu_ms: Summary::of(s.start_daemon_cpu_ms.clone()),
                 teardown_all_ms: ms(&s.teardown),
                 rss_mib: mib(&s.rss_kib),
                 rss_anon_mib: mib(&s.rss_anon_kib),
@@ -250,6 +256,14 @@ impl Report {
             let rounds: Vec<String> = d.rss_by_round_mib.iter().map(|m| format!("{m:.1}")).collect();
             format!("{} RSS by round, MiB: {}", d.daemon, rounds.join(", "))
         }));
+        notes.extend(daemons.iter().map(|d| {
+            format!(
+                "start: {}'s own process used {:.0}% of the CPU time every process used meanwhile \
+                 (medians); the rest went to ctr, the shims, runc and the benchmark, the same for both daemons",
+                d.daemon,
+                100.0 * d.start_daemon_cpu_ms.median / d.start_all_cpu_ms.median.max(1.0)
+            )
+        }));
         notes.extend(subjects.iter().flat_map(Subject::notes));
         notes.extend(machine.busy_note());
 
@@ -317,6 +331,20 @@ impl Report {
                 pick: |d| &d.start_all_ms,
                 ratio: self.ratios.as_ref().map(|r| r.start_all),
                 target: time_target(t.start_all_met),
+            },
+            Metric {
+                name: "  CPU busy meanwhile, all".to_string(),
+                unit: "ms",
+                pick: |d| &d.start_all_cpu_ms,
+                ratio: None,
+                target: format!("(at most {} × the time above)", self.machine.cpus),
+            },
+            Metric {
+                name: "  of which the daemon's".to_string(),
+                unit: "ms",
+                pick: |d| &d.start_daemon_cpu_ms,
+                ratio: None,
+                target: "(its own process)".to_string(),
             },
             Metric {
                 name: format!("{n} killed and removed"),
@@ -451,6 +479,8 @@ mod tests {
             namespace: format!("bench-{}", kind.name()),
             run_rm: vec![0.1 * scale, 0.12 * scale, 0.11 * scale],
             start: vec![1.5 * scale],
+            start_all_cpu_ms: vec![2900.0 * scale],
+            start_daemon_cpu_ms: vec![200.0 * scale],
             teardown: vec![1.0 * scale],
             rss_kib: vec![rss_kib],
             rss_anon_kib: vec![rss_kib / 3],
