@@ -93,10 +93,9 @@ fn restore_name() {
     else {
         return;
     };
-    // The kernel keeps 15 bytes of a name.
-    let name = &name[..name.len().min(15)];
+    // The kernel keeps the first 15 bytes. Only the name shown for the
+    // process changes; failure keeps `exe`.
     if let Ok(name) = std::ffi::CString::new(name) {
-        // Only the name shown for the process changes; failure keeps `exe`.
         let _ = nix::sys::prctl::set_name(&name);
     }
 }
