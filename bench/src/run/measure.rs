@@ -41,6 +41,9 @@ pub struct Series {
     pub start_daemon_cpu_ms: Vec<f64>,
     /// All containers killed and removed, seconds.
     pub teardown: Vec<f64>,
+    /// CPU used meanwhile, ms, as for the start.
+    pub teardown_all_cpu_ms: Vec<f64>,
+    pub teardown_daemon_cpu_ms: Vec<f64>,
     /// The daemon's VmRSS with every container running, KiB.
     pub rss_kib: Vec<u64>,
     /// The anonymous and the file-backed part of it, KiB.
@@ -73,6 +76,8 @@ pub fn run(
             start_all_cpu_ms: Vec::new(),
             start_daemon_cpu_ms: Vec::new(),
             teardown: Vec::new(),
+            teardown_all_cpu_ms: Vec::new(),
+            teardown_daemon_cpu_ms: Vec::new(),
             rss_kib: Vec::new(),
             rss_anon_kib: Vec::new(),
             rss_file_kib: Vec::new(),
@@ -195,10 +200,14 @@ fn parallel_round(
     let shims_rss = host::rss_kib(&shims);
 
     interrupt::check()?;
+    let cpu_before = CpuSample::take(session.pid()).context("read CPU times")?;
     let teardown = client
         .teardown(&ids)
         .map_err(|e| session.explain(e))
         .context("teardown")?;
+    let (teardown_all_cpu_ms, teardown_daemon_cpu_ms) = CpuSample::take(session.pid())
+        .context("read CPU times")?
+        .since(&cpu_before);
     into.fifos_left += session
         .check_empty()
         .map_err(|e| session.explain(e))
@@ -208,6 +217,8 @@ fn parallel_round(
     into.start_all_cpu_ms.push(all_cpu_ms);
     into.start_daemon_cpu_ms.push(daemon_cpu_ms);
     into.teardown.push(teardown.as_secs_f64());
+    into.teardown_all_cpu_ms.push(teardown_all_cpu_ms);
+    into.teardown_daemon_cpu_ms.push(teardown_daemon_cpu_ms);
     into.rss_kib.push(rss.total);
     into.rss_anon_kib.push(rss.anon);
     into.rss_file_kib.push(rss.file);

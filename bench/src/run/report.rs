@@ -97,6 +97,9 @@ struct DaemonResult {
     start_daemon_cpu_ms: Summary,
     /// Every kill and removal of a round, first exec to last exit.
     teardown_all_ms: Summary,
+    /// CPU used meanwhile, as for the start.
+    teardown_all_cpu_ms: Summary,
+    teardown_daemon_cpu_ms: Summary,
     /// The daemon's VmRSS with every container running.
     rss_mib: Summary,
     /// Its anonymous part (heap, stacks) and its file-backed part (code).
@@ -181,6 +184,8 @@ impl Report {
                 start_all_cpu_ms: Summary::of(s.start_all_cpu_ms.clone()),
                 start_daemon_cpu_ms: Summary::of(s.start_daemon_cpu_ms.clone()),
                 teardown_all_ms: ms(&s.teardown),
+                teardown_all_cpu_ms: Summary::of(s.teardown_all_cpu_ms.clone()),
+                teardown_daemon_cpu_ms: Summary::of(s.teardown_daemon_cpu_ms.clone()),
                 rss_mib: mib(&s.rss_kib),
                 rss_anon_mib: mib(&s.rss_anon_kib),
                 rss_file_mib: mib(&s.rss_file_kib),
@@ -256,14 +261,14 @@ impl Report {
             let rounds: Vec<String> = d.rss_by_round_mib.iter().map(|m| format!("{m:.1}")).collect();
             format!("{} RSS by round, MiB: {}", d.daemon, rounds.join(", "))
         }));
-        notes.extend(daemons.iter().map(|d| {
-            format!(
-                "start: {}'s own process used {:.0}% of the CPU time every process used meanwhile \
-                 (medians); the rest went to ctr, the shims, runc and the benchmark, the same for both daemons",
-                d.daemon,
-                100.0 * d.start_daemon_cpu_ms.median / d.start_all_cpu_ms.median.max(1.0)
-            )
-        }));
+        for phase in [Phase::START, Phase::TEARDOWN] {
+            notes.extend(daemons.iter().map(|d| phase.share_note(d)));
+            notes.extend(
+                corten
+                    .zip(find(Kind::Containerd))
+                    .map(|(c, r)| phase.bound_note(c, r, machine.cpus)),
+            );
+        }
         notes.extend(subjects.iter().flat_map(Subject::notes));
         notes.extend(machine.busy_note());
 
@@ -354,6 +359,20 @@ impl Report {
                 target: time_target(t.teardown_all_met),
             },
             Metric {
+                name: "  CPU busy meanwhile, all".to_string(),
+                unit: "ms",
+                pick: |d| &d.teardown_all_cpu_ms,
+                ratio: None,
+                target: format!("(at most {} × the time above)", self.machine.cpus),
+            },
+            Metric {
+                name: "  of which the daemon's".to_string(),
+                unit: "ms",
+                pick: |d| &d.teardown_daemon_cpu_ms,
+                ratio: None,
+                target: "(its own process)".to_string(),
+            },
+            Metric {
                 name: format!("daemon RSS, {n} running"),
                 unit: "MiB",
                 pick: |d| &d.rss_mib,
@@ -425,6 +444,59 @@ impl Report {
     }
 }
 
+/// The parallel start or the teardown, for the notes on its CPU time.
+struct Phase {
+    name: &'static str,
+    wall_ms: fn(&DaemonResult) -> &Summary,
+    all_cpu_ms: fn(&DaemonResult) -> &Summary,
+    daemon_cpu_ms: fn(&DaemonResult) -> &Summary,
+}
+
+impl Phase {
+    const START: Phase = Phase {
+        name: "start",
+        wall_ms: |d| &d.start_all_ms,
+        all_cpu_ms: |d| &d.start_all_cpu_ms,
+        daemon_cpu_ms: |d| &d.start_daemon_cpu_ms,
+    };
+    const TEARDOWN: Phase = Phase {
+        name: "teardown",
+        wall_ms: |d| &d.teardown_all_ms,
+        all_cpu_ms: |d| &d.teardown_all_cpu_ms,
+        daemon_cpu_ms: |d| &d.teardown_daemon_cpu_ms,
+    };
+
+    fn share_note(&self, d: &DaemonResult) -> String {
+        format!(
+            "{}: {}'s own process used {:.0}% of the CPU time every process used meanwhile (medians); the \
+             rest went to ctr, the shims, runc and the benchmark, the same for both daemons",
+            self.name,
+            d.daemon,
+            100.0 * (self.daemon_cpu_ms)(d).median / (self.all_cpu_ms)(d).median.max(1.0)
+        )
+    }
+
+    /// What corten could reach at best while the other processes need the
+    /// CPU they needed: no phase takes less time than their CPU time spread
+    /// over every CPU, even with a daemon that uses none.
+    fn bound_note(&self, corten: &DaemonResult, containerd: &DaemonResult, cpus: usize) -> String {
+        let cpus = cpus.max(1) as f64;
+        let all = (self.all_cpu_ms)(corten).median;
+        let others = all - (self.daemon_cpu_ms)(corten).median;
+        let wall = (self.wall_ms)(corten).median;
+        let floor = others / cpus;
+        format!(
+            "{}: with corten the {cpus} CPUs were busy {:.0}% of the time; the other processes alone used \
+             {others:.0} ms of CPU, so even a daemon using no CPU at all would take at least {floor:.0} ms: a \
+             ratio of {:.2} at best to containerd's {:.0} ms",
+            self.name,
+            100.0 * all / (cpus * wall).max(1.0),
+            floor / (self.wall_ms)(containerd).median.max(1e-9),
+            (self.wall_ms)(containerd).median
+        )
+    }
+}
+
 /// `what: met`, `what: MISSED`, or `what: not judged`.
 fn judged(what: &str, met: Option<bool>) -> String {
     format!("{what}: {}", met.map_or("not judged", verdict))
@@ -482,6 +554,8 @@ mod tests {
             start_all_cpu_ms: vec![2900.0 * scale],
             start_daemon_cpu_ms: vec![200.0 * scale],
             teardown: vec![1.0 * scale],
+            teardown_all_cpu_ms: vec![1900.0 * scale],
+            teardown_daemon_cpu_ms: vec![150.0 * scale],
             rss_kib: vec![rss_kib],
             rss_anon_kib: vec![rss_kib / 3],
             rss_file_kib: vec![rss_kib - rss_kib / 3],
