@@ -38,6 +38,8 @@ pub enum Row {
     Cycles(Kind, Snapshotter),
     Apply(Kind, Snapshotter),
     Tar,
+    /// [`limit::cycles`].
+    CyclesLimit,
 }
 
 impl Row {
@@ -45,6 +47,7 @@ impl Row {
         match self {
             Row::Cycles(kind, sn) | Row::Apply(kind, sn) => format!("{} {}", kind.name(), sn.name()),
             Row::Tar => "limit: tar -xzf".to_string(),
+            Row::CyclesLimit => "limit: durable cycle".to_string(),
         }
     }
 
@@ -52,6 +55,7 @@ impl Row {
         match self {
             Row::Cycles(kind, sn) | Row::Apply(kind, sn) => format!("{}_{}", kind.name(), sn.name()),
             Row::Tar => "limit_tar".to_string(),
+            Row::CyclesLimit => "limit_cycles".to_string(),
         }
     }
 }
@@ -68,7 +72,8 @@ pub struct Series {
 pub struct Measured {
     /// Each daemon's reported version, in the order of the subjects.
     pub versions: Vec<String>,
-    /// The limit, then the applies, then the cycles.
+    /// The apply's limit, then the applies, then the cycles' limit, then
+    /// the cycles.
     pub series: Vec<Series>,
     /// Median time of one 4 KiB write + fsync, per round.
     pub fsync_seconds: Vec<f64>,
@@ -102,7 +107,7 @@ pub fn run(
             let row = into.row;
             if progress {
                 let what = match row {
-                    Row::Cycles(..) => "cycles",
+                    Row::Cycles(..) | Row::CyclesLimit => "cycles",
                     Row::Apply(..) => "apply",
                     Row::Tar => "",
                 };
@@ -125,6 +130,13 @@ pub fn run(
                     std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
                     into.seconds.push(elapsed.as_secs_f64());
                     into.syncfs_seconds.push(flush.as_secs_f64());
+                }
+                Row::CyclesLimit => {
+                    let dir = workdir.file(&format!("cycles-limit-{}", round + 1));
+                    std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+                    let elapsed = limit::cycles(&dir, plan.cycles).with_context(context)?;
+                    std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+                    into.seconds.push(elapsed.as_secs_f64());
                 }
                 Row::Apply(kind, snapshotter) | Row::Cycles(kind, snapshotter) => {
                     let index = subjects
@@ -163,6 +175,7 @@ fn rows(plan: &Plan, subjects: &[Subject]) -> Vec<Row> {
     for &sn in &plan.snapshotters {
         rows.extend(subjects.iter().map(|s| Row::Apply(s.kind, sn)));
     }
+    rows.push(Row::CyclesLimit);
     for &sn in &plan.snapshotters {
         rows.extend(subjects.iter().map(|s| Row::Cycles(s.kind, sn)));
     }
