@@ -134,34 +134,45 @@ impl Images {
     }
 
     /// `labels`, `labels.<key>` and `target` may change; no paths means all.
-    pub fn update(&self, ns: &str, image: &Image, paths: &[String]) -> Result<Image, Error> {
+    /// Sets what `paths` name (`labels`, `labels.<key>`, `target`), or
+    /// the labels and the target when `paths` is empty. The target is only
+    /// needed when it is to be set: a client that changes labels alone
+    /// sends none.
+    pub fn update(
+        &self,
+        ns: &str,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        target: Option<&Descriptor>,
+        paths: &[String],
+    ) -> Result<Image, Error> {
         identifiers::validate(ns)?;
         let record = self.records.update(
             ns,
-            &image.name,
-            || not_found(&image.name),
+            name,
+            || not_found(name),
             |mut record: Record| {
-                let (target, label_paths): (Vec<&String>, Vec<&String>) = paths
+                let (target_paths, label_paths): (Vec<&String>, Vec<&String>) = paths
                     .iter()
                     .partition(|p| p.as_str() == "target" || p.starts_with("target."));
-                if paths.is_empty() || !target.is_empty() {
-                    if image.target.media_type.is_empty() {
-                        return Err(Error::InvalidArgument("image target media type must be set".into()));
-                    }
-                    record.media_type = image.target.media_type.clone();
-                    record.digest = image.target.digest.clone();
-                    record.size = image.target.size;
-                    record.annotations = image.target.annotations.clone();
+                if paths.is_empty() || !target_paths.is_empty() {
+                    let target = target
+                        .filter(|t| !t.media_type.is_empty())
+                        .ok_or_else(|| Error::InvalidArgument("image target media type must be set".into()))?;
+                    record.media_type = target.media_type.clone();
+                    record.digest = target.digest.clone();
+                    record.size = target.size;
+                    record.annotations = target.annotations.clone();
                 }
                 let label_paths: Vec<String> = label_paths.into_iter().cloned().collect();
                 if paths.is_empty() || !label_paths.is_empty() {
-                    labels::apply_update(&mut record.labels, &image.labels, &label_paths)?;
+                    labels::apply_update(&mut record.labels, labels, &label_paths)?;
                 }
                 record.updated_at = SystemTime::now();
                 Ok(record)
             },
         )?;
-        Ok(record.into_image(image.name.clone()))
+        Ok(record.into_image(name.to_string()))
     }
 
     pub fn delete(&self, ns: &str, name: &str) -> Result<(), Error> {

@@ -248,6 +248,38 @@ fn busybox_lifecycle(snapshotter: &str) {
     names.sort();
     assert_eq!(names, [copy.as_str(), reference]);
 
+    // `ctr images label` sends the name and the labels under a mask of
+    // labels, with no target: the target stays as it was.
+    let digest_of = |name: &str| {
+        let ls = ok(d.ctr(&["images", "ls"]));
+        let row = rows(&ls)
+            .into_iter()
+            .find(|r| r.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in {ls}"));
+        row.split_whitespace().nth(2).unwrap().to_string()
+    };
+    let before = digest_of(&copy);
+    let set = ok_logged(
+        &d,
+        "ctr images label",
+        d.ctr(&["images", "label", &copy, "corten.test=yes"]),
+    );
+    assert_eq!(set.trim(), "corten.test=yes");
+    assert!(ok(d.ctr(&["images", "ls", "-q", "labels.\"corten.test\"==yes"]))
+        .lines()
+        .eq([copy.as_str()]));
+    assert_eq!(digest_of(&copy), before);
+    ok_logged(
+        &d,
+        "ctr images label (remove)",
+        d.ctr(&["images", "label", &copy, "corten.test="]),
+    );
+    assert_eq!(
+        ok(d.ctr(&["images", "ls", "-q", "labels.\"corten.test\"==yes"])).trim(),
+        ""
+    );
+    assert_eq!(digest_of(&copy), before);
+
     ok_logged(
         &d,
         "ctr images rm --sync",

@@ -328,7 +328,7 @@ impl Inner {
             let saved = blocking(move || match images.create(&ns, &record) {
                 Ok(image) => Ok(Stored { image, created: true }),
                 Err(Error::AlreadyExists(_)) => images
-                    .update(&ns, &record, &[])
+                    .update(&ns, &record.name, &record.labels, Some(&record.target), &[])
                     .map(|image| Stored { image, created: false }),
                 Err(e) => Err(e),
             })

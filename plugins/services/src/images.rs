@@ -101,9 +101,20 @@ impl ImagesApi for ImagesService {
         let ns = request::namespace(request.metadata())?;
         let r = request.into_inner();
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
-        let changed = image(r.image)?;
+        let msg = r
+            .image
+            .ok_or_else(|| Status::invalid_argument("an image is required"))?;
+        // `ctr images label` sends a name, labels and a mask of labels
+        // only: no target to parse then.
+        let sets_target = paths.is_empty() || paths.iter().any(|p| p == "target" || p.starts_with("target."));
+        let target = if sets_target {
+            Some(descriptor(msg.target)?)
+        } else {
+            None
+        };
+        let labels = msg.labels.into_iter().collect();
         let (images, ns2) = (self.images.clone(), ns.clone());
-        let updated = blocking(move || images.update(&ns2, &changed, &paths)).await?;
+        let updated = blocking(move || images.update(&ns2, &msg.name, &labels, target.as_ref(), &paths)).await?;
         let event = ImageUpdate {
             name: updated.name.clone(),
             labels: updated.labels.clone().into_iter().collect(),
