@@ -544,8 +544,9 @@ fn ids(namespace: &str, id: &str) -> Result<(), Error> {
     identifiers::validate(id)
 }
 
+/// Worded as containerd words it: clients show the text as it comes.
 fn not_found(id: &str) -> Error {
-    Error::NotFound(format!("task {id}"))
+    Error::NotFound(format!("task {id} not found"))
 }
 
 fn joined<T>(r: Result<Result<T, Error>, tokio::task::JoinError>) -> Result<T, Error> {

@@ -61,12 +61,13 @@ pub struct SnapshotStore {
     removing: RwLock<()>,
 }
 
+// Worded as containerd words them: clients show the text as it comes.
 fn not_found(key: &str) -> Error {
-    Error::NotFound(format!("snapshot {key}"))
+    Error::NotFound(format!("snapshot {key} does not exist"))
 }
 
 fn already_exists(key: &str) -> Error {
-    Error::AlreadyExists(format!("snapshot {key}"))
+    Error::AlreadyExists(format!("snapshot {key:?}"))
 }
 
 fn read(lock: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
@@ -286,7 +287,7 @@ impl SnapshotStore {
     /// (containerd answers InvalidArgument for one that is not).
     fn parent_record(&self, ns: &str, parent: &str) -> Result<Record, Error> {
         let record = self.record(ns, parent).map_err(|e| match e {
-            Error::NotFound(_) => Error::NotFound(format!("parent snapshot {parent}")),
+            Error::NotFound(_) => Error::NotFound(format!("parent snapshot {parent} does not exist")),
             e => e,
         })?;
         if record.kind != Kind::Committed {
@@ -356,7 +357,7 @@ impl SnapshotStore {
                         .map(|bytes| metadata::decode::<Record>(&bytes))
                         .transpose()?;
                     if current.is_none_or(|c| c.backend_key != expected.backend_key) {
-                        return Err(Error::NotFound(format!("parent snapshot {parent}")));
+                        return Err(Error::NotFound(format!("parent snapshot {parent} does not exist")));
                     }
                 }
                 Namespaces::ensure(txn, ns)?;
