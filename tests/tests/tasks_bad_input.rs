@@ -81,6 +81,10 @@ fn spec_runc_rejects_is_refused() {
         err.contains("must be an absolute path"),
         "runc's reason reaches ctr: {err}"
     );
+    assert!(
+        err.contains("failed to create shim task: OCI runtime create failed"),
+        "worded as containerd words it: {err}"
+    );
     still_works(&env);
 }
 

@@ -317,7 +317,16 @@ impl Inner {
         let create = client.call::<_, CreateTaskResponse>("Create", &request, None);
         let (connect, created) = tokio::join!(connect, create);
         launched.process = open_process(connect?.shim_pid);
-        let created = created?;
+        // Prefixed as containerd prefixes it, so a failed `runc create`
+        // reads the same through either daemon.
+        let created = created.map_err(|e| match e {
+            ShimError::Status { method, code, message } => ShimError::Status {
+                method,
+                code,
+                message: format!("failed to create shim task: {message}"),
+            },
+            other => other,
+        })?;
         tracing::debug!(namespace, id, pid = created.pid, elapsed = ?started.elapsed(), "task created");
         Ok(Arc::new(ShimTask::new(
             bundle.clone(),
