@@ -133,7 +133,6 @@ impl Images {
         Ok(record.into_image(image.name.clone()))
     }
 
-    /// `labels`, `labels.<key>` and `target` may change; no paths means all.
     /// Sets what `paths` name (`labels`, `labels.<key>`, `target`), or
     /// the labels and the target when `paths` is empty. The target is only
     /// needed when it is to be set: a client that changes labels alone
