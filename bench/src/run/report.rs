@@ -322,6 +322,7 @@ impl Report {
 
         let t = &self.targets;
         let time_target = |met: Option<bool>| judged(&format!("<= {TARGET_TIME_RATIO} × containerd"), met);
+        let cpu_count = self.machine.cpus;
         let metrics = [
             Metric {
                 name: format!("ctr run --rm {RUN_COMMAND}"),
@@ -337,41 +338,18 @@ impl Report {
                 ratio: self.ratios.as_ref().map(|r| r.start_all),
                 target: time_target(t.start_all_met),
             },
-            Metric {
-                name: "  CPU busy meanwhile, all".to_string(),
-                unit: "ms",
-                pick: |d| &d.start_all_cpu_ms,
-                ratio: None,
-                target: format!("(at most {} × the time above)", self.machine.cpus),
-            },
-            Metric {
-                name: "  of which the daemon's".to_string(),
-                unit: "ms",
-                pick: |d| &d.start_daemon_cpu_ms,
-                ratio: None,
-                target: "(its own process)".to_string(),
-            },
-            Metric {
-                name: format!("{n} killed and removed"),
-                unit: "ms",
-                pick: |d| &d.teardown_all_ms,
-                ratio: self.ratios.as_ref().map(|r| r.teardown_all),
-                target: time_target(t.teardown_all_met),
-            },
-            Metric {
-                name: "  CPU busy meanwhile, all".to_string(),
-                unit: "ms",
-                pick: |d| &d.teardown_all_cpu_ms,
-                ratio: None,
-                target: format!("(at most {} × the time above)", self.machine.cpus),
-            },
-            Metric {
-                name: "  of which the daemon's".to_string(),
-                unit: "ms",
-                pick: |d| &d.teardown_daemon_cpu_ms,
-                ratio: None,
-                target: "(its own process)".to_string(),
-            },
+        ]
+        .into_iter()
+        .chain(Phase::START.cpu_rows(cpu_count))
+        .chain([Metric {
+            name: format!("{n} killed and removed"),
+            unit: "ms",
+            pick: |d| &d.teardown_all_ms,
+            ratio: self.ratios.as_ref().map(|r| r.teardown_all),
+            target: time_target(t.teardown_all_met),
+        }])
+        .chain(Phase::TEARDOWN.cpu_rows(cpu_count))
+        .chain([
             Metric {
                 name: format!("daemon RSS, {n} running"),
                 unit: "MiB",
@@ -400,8 +378,8 @@ impl Report {
                 ratio: None,
                 target: "(not the daemon's)".to_string(),
             },
-        ];
-        for metric in &metrics {
+        ]);
+        for metric in metrics {
             rows.extend(metric.rows(&self.daemons, self.ratios.is_some()));
         }
 
@@ -465,6 +443,27 @@ impl Phase {
         all_cpu_ms: |d| &d.teardown_all_cpu_ms,
         daemon_cpu_ms: |d| &d.teardown_daemon_cpu_ms,
     };
+
+    /// The rows under the phase's time: every CPU's busy time, and the
+    /// daemon's own.
+    fn cpu_rows(&self, cpus: usize) -> [Metric; 2] {
+        [
+            Metric {
+                name: "  CPU busy meanwhile, all".to_string(),
+                unit: "ms",
+                pick: self.all_cpu_ms,
+                ratio: None,
+                target: format!("(at most {cpus} × the time above)"),
+            },
+            Metric {
+                name: "  of which the daemon's".to_string(),
+                unit: "ms",
+                pick: self.daemon_cpu_ms,
+                ratio: None,
+                target: "(its own process)".to_string(),
+            },
+        ]
+    }
 
     fn share_note(&self, d: &DaemonResult) -> String {
         format!(
