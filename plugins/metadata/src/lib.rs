@@ -8,6 +8,7 @@
 mod plugin;
 mod priority;
 mod store;
+mod wal;
 
 pub use plugin::SledConfig;
 pub use store::SledStore;

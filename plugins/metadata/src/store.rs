@@ -1,13 +1,13 @@
 //! [`MetaStore`] on sled.
 //!
 //! sled acknowledges writes before they reach the disk, so every transaction
-//! is followed by a flush before it returns. A process-wide read/write lock
+//! is made durable by a log of our own before it returns. A process-wide read/write lock
 //! lets transactions run together but holds them off during an exclusive
 //! section (namespace deletion, garbage collection), because sled
 //! transactions cannot scan.
 //!
 //! Transactions read and stage their writes one at a time, under a mutex,
-//! and only their flushes overlap ([`SledStore::transact_unlocked`]): with
+//! and only their syncs overlap ([`SledStore::transact_unlocked`]): with
 //! no other writer between its reads and its writes, a transaction needs no
 //! conflict detection, and its writes are applied as plain sled writes. A
 //! sled transaction would cost a second log write per commit (its batch
@@ -34,17 +34,49 @@
 //! of a transaction's writes and not the rest (as sled's transactions hold
 //! reads off while they commit).
 //!
-//! Durability: sled 0.34's `flush` writes its log buffers with `pwrite` and
-//! waits for them with `sync_file_range` only (its periodic flusher thread
-//! calls `fsync`, every 500 ms). That survives the death of the process, as
-//! the page cache holds the data, but not a power loss: `sync_file_range`
+//! # Durability
+//!
+//! sled 0.34's `flush` writes its log buffers with `pwrite` and waits for
+//! them with `sync_file_range` only (its periodic flusher thread calls
+//! `fsync`, every 500 ms). That survives the death of the process, as the
+//! page cache holds the data, but not a power loss: `sync_file_range`
 //! neither flushes the disk's volatile write cache nor commits the file's
-//! size and extents when the log grows. So after sled's flush the log file
-//! itself is `fdatasync`ed ([`Syncer`]): a write is acknowledged only once
-//! it is on stable storage. Transactions that finish their flushes together
-//! share one `fdatasync`. sled writes a value too large for its log (over a
-//! quarter of a segment, 128 KiB) to a file of its own in `blobs/` and
-//! syncs neither; the syncer syncs each new one, and the directory, first.
+//! size and extents when the log grows. A flush followed by an `fdatasync`
+//! of sled's log ([`Syncer`]) is durable, but it is two disk round trips
+//! and a chain of wake-ups among sled's I/O threads per transaction.
+//!
+//! So a transaction is made durable through a write-ahead log of our own
+//! ([`Wal`]): once its writes are applied to sled (in memory), its record
+//! (the same encoding as an intent) is appended to the log, still under the
+//! mutex, so records are in the order transactions were applied; after the
+//! mutex, one `fdatasync` of the log, shared by transactions that finish
+//! together, and the transaction is acknowledged. A transaction that read
+//! another's write before that one was durable is durable only after it,
+//! as a sync covers every record before its own.
+//!
+//! Every transaction has a number, and the last one applied is written to
+//! sled with the transaction's writes ([`APPLIED_KEY`], before the intent
+//! is removed). What sled recovers after a crash is transactions `1..=n`
+//! whole, by that key, and perhaps a prefix of `n + 1`, whose intent is
+//! there if it wrote several keys. The open applies the intent again (it
+//! is transaction `n` or `n + 1`), then, in order, the log's records
+//! numbered above `n`: the same writes again, then the ones sled lost. A
+//! transaction whose record is not whole in the log was never
+//! acknowledged; if sled has part of it, the intent completes it.
+//!
+//! When the log is full, a *checkpoint* (sled's flush and the `fdatasync`
+//! of its log, under the mutex) makes sled durable through the last
+//! transaction, and the log starts again at its beginning. A transaction
+//! whose record is too large for the log is made durable by a checkpoint
+//! too. sled writes a value too large for its log (over a quarter of a
+//! segment, 128 KiB) to a file of its own in `blobs/` and syncs neither;
+//! only such transactions write one, and the syncer syncs each new one,
+//! and the directory, first.
+//!
+//! At open, after the replay, the number goes up by as many records as the
+//! log could ever hold and sled is made durable: any record still in the
+//! log, read or not, is then numbered below every later transaction and
+//! at or below sled's number, so no replay ever takes it for a lost one.
 
 use std::{
     cell::RefCell,
@@ -64,6 +96,8 @@ use corten_core::{
     Error,
 };
 
+use crate::wal::{self, Wal};
+
 /// The layout version of the whole database, checked at open.
 const SCHEMA_VERSION: &[u8] = b"1";
 const SCHEMA_KEY: &[u8] = b"corten.schema_version";
@@ -72,15 +106,30 @@ const DEFAULT_TREE: &[u8] = b"__sled__default";
 /// The writes of the transaction being applied, while it is; see the
 /// module's documentation.
 const INTENT_KEY: &[u8] = b"corten.intent";
+/// The number of the last transaction applied, in sled's default tree; see
+/// the module's documentation.
+const APPLIED_KEY: &[u8] = b"corten.applied";
+/// The write-ahead log's size: records are a few hundred bytes, so it holds
+/// thousands of transactions between checkpoints, and making it (zeros,
+/// once per root) takes a few milliseconds.
+const WAL_BYTES: u64 = 1 << 20;
+/// A transaction whose record is larger is made durable by a checkpoint
+/// instead of the log. Kept below the size at which sled moves a value out
+/// of its log into a file of its own (a quarter of a 512 KiB segment), so
+/// such files only ever come from transactions that checkpoint, and the
+/// checkpoint syncs them.
+const WAL_RECORD_MAX: usize = 64 << 10;
 
 pub struct SledStore {
     db: sled::Db,
     syncer: Syncer,
+    wal: Wal,
     trees: RwLock<HashMap<String, sled::Tree>>,
     writers: RwLock<()>,
     /// Held by a transaction from its first read to its last write; see
-    /// the module's documentation.
-    serial: Mutex<()>,
+    /// the module's documentation. Holds the number of the last
+    /// transaction applied.
+    serial: Mutex<u64>,
     /// Held shared by reads, exclusively while a transaction's writes to
     /// several keys are applied.
     visible: RwLock<()>,
@@ -188,6 +237,12 @@ impl Syncer {
 
 impl SledStore {
     pub fn open(path: &Path, cache_capacity: u64) -> Result<SledStore, Error> {
+        Self::open_with_log(path, cache_capacity, WAL_BYTES)
+    }
+
+    /// [`SledStore::open`] with a write-ahead log of `wal_bytes` if it has
+    /// to make one (the tests' small logs fill and restart often).
+    fn open_with_log(path: &Path, cache_capacity: u64, wal_bytes: u64) -> Result<SledStore, Error> {
         let db = {
             let _raised = crate::priority::Raised::current_thread();
             sled::Config::new().path(path).cache_capacity(cache_capacity).open()
@@ -208,10 +263,19 @@ impl SledStore {
             }
         }
         replay(&db)?;
+        let (wal, records) = Wal::open(&path.with_extension("wal"), wal_bytes)?;
+        let applied = replay_log(&db, records)?;
+        // Above every number the log may still hold, read or not, so no
+        // record left in it is ever taken for a later one.
+        let applied = applied + wal.capacity();
+        db.insert(APPLIED_KEY, &applied.to_be_bytes())
+            .map_err(db_err("write metadata sequence"))?;
+        db.flush().map_err(db_err("flush metadata"))?;
         let syncer = Syncer::open(path)?;
-        // Whatever an earlier run flushed but never synced becomes durable
-        // before anything is built on it, and so do the names of sled's
-        // files, which sled does not sync when it creates them.
+        // What the replay wrote, whatever an earlier run flushed but never
+        // synced, and the names of sled's files, which sled does not sync
+        // when it creates them, become durable before anything is built
+        // on them; only then may the log's records be written over.
         syncer.sync()?;
         File::open(path)
             .and_then(|dir| dir.sync_all())
@@ -219,9 +283,10 @@ impl SledStore {
         Ok(SledStore {
             db,
             syncer,
+            wal,
             trees: RwLock::new(HashMap::new()),
             writers: RwLock::new(()),
-            serial: Mutex::new(()),
+            serial: Mutex::new(applied),
             visible: RwLock::new(()),
             on_mutation: RwLock::new(Vec::new()),
         })
@@ -258,23 +323,37 @@ impl SledStore {
         self.writers.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes what a transaction staged; the caller holds [`SledStore::serial`].
-    fn apply(&self, names: &[&str], trees: &[sled::Tree], staged: &Staged) -> Result<(), Error> {
+    /// Writes what transaction `seq` staged (`intent`, encoded), then its
+    /// number; the caller holds [`SledStore::serial`].
+    fn apply(&self, trees: &[sled::Tree], staged: &Staged, intent: &[u8], seq: u64) -> Result<(), Error> {
+        let applied = || {
+            self.db
+                .insert(APPLIED_KEY, &seq.to_be_bytes())
+                .map(drop)
+                .map_err(db_err("write metadata sequence"))
+        };
         if let [((tree, key), value)] = staged.iter().collect::<Vec<_>>().as_slice() {
-            return write(&trees[*tree], key, value.as_deref());
-        }
-        if staged.is_empty() {
-            return Ok(());
+            write(&trees[*tree], key, value.as_deref())?;
+            return applied();
         }
         let _hidden = self.visible.write().unwrap_or_else(|e| e.into_inner());
-        let intent = encode_intent(names, staged);
         self.db
             .insert(INTENT_KEY, intent)
             .map_err(db_err("write metadata intent"))?;
         for ((tree, key), value) in staged {
             write(&trees[*tree], key, value.as_deref())?;
         }
+        applied()?;
         self.db.remove(INTENT_KEY).map_err(db_err("remove metadata intent"))?;
+        Ok(())
+    }
+
+    /// Makes sled itself durable and starts the log again: everything the
+    /// log holds is then in sled's synced log too. The caller holds
+    /// [`SledStore::serial`], so no transaction is applied meanwhile.
+    fn checkpoint(&self) -> Result<(), Error> {
+        self.durable_flush()?;
+        self.wal.restart();
         Ok(())
     }
 
@@ -287,8 +366,8 @@ impl SledStore {
     /// holds the lock.
     fn transact_unlocked(&self, names: &[&str], f: &dyn Fn(&dyn Txn) -> Result<(), Error>) -> Result<(), Error> {
         let trees = names.iter().map(|n| self.tree(n)).collect::<Result<Vec<_>, _>>()?;
-        let (wrote, removed) = {
-            let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let (logged, removed) = {
+            let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
             let txn = StagedTxn {
                 names,
                 trees: &trees,
@@ -297,19 +376,30 @@ impl SledStore {
             };
             f(&txn)?;
             let staged = txn.staged.into_inner();
-            self.apply(names, &trees, &staged)?;
+            if staged.is_empty() {
+                return Ok(());
+            }
+            let seq = *serial + 1;
+            let intent = encode_intent(names, &staged);
+            self.apply(&trees, &staged, &intent, seq)?;
+            *serial = seq;
+            let logged = intent.len() <= WAL_RECORD_MAX && self.wal.append(seq, &intent)?;
+            if !logged {
+                self.checkpoint()?;
+            }
             let removed: Vec<&str> = txn.removed.into_inner().into_iter().map(|i| names[i]).collect();
-            (!staged.is_empty(), removed)
+            (logged.then_some(seq), removed)
         };
         // Outside the mutex, so transactions that finish together share the
         // sync. A transaction that read another's write before that one is
-        // durable is itself durable only after it, as sled's log is written
-        // in order and a flush writes all of it.
-        if wrote {
-            self.durable_flush()?;
-            for callback in self.on_mutation.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                callback(&removed);
-            }
+        // durable is itself durable only after it, as the log is written in
+        // the order of the transactions and a sync covers all of it.
+        if let Some(seq) = logged {
+            self.wal.sync(seq)?;
+            release_garbage();
+        }
+        for callback in self.on_mutation.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            callback(&removed);
         }
         Ok(())
     }
@@ -403,13 +493,45 @@ fn replay(db: &sled::Db) -> Result<(), Error> {
         writes = writes.len(),
         "finishing a metadata transaction a crash interrupted"
     );
-    for (tree, key, value) in &writes {
-        let tree = db.open_tree(tree).map_err(db_err("open tree"))?;
-        write(&tree, key, value.as_deref())?;
-    }
+    write_all(db, &writes)?;
     db.remove(INTENT_KEY).map_err(db_err("remove metadata intent"))?;
     db.flush().map_err(db_err("flush metadata"))?;
     Ok(())
+}
+
+fn write_all(db: &sled::Db, writes: &[IntentWrite]) -> Result<(), Error> {
+    for (tree, key, value) in writes {
+        let tree = db.open_tree(tree).map_err(db_err("open tree"))?;
+        write(&tree, key, value.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Applies, in order, the log's records of the transactions sled lost, and
+/// returns the highest transaction number sled or the log knows. Not
+/// flushed; the caller flushes and syncs.
+fn replay_log(db: &sled::Db, records: Vec<wal::Record>) -> Result<u64, Error> {
+    let applied = match db.get(APPLIED_KEY).map_err(db_err("read metadata sequence"))? {
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| Error::Internal("the metadata store's sequence number is damaged".into()))?,
+        ),
+        // Written by a corten from before the log: it flushed every transaction.
+        None => 0,
+    };
+    let lost: Vec<_> = records.into_iter().filter(|r| r.seq > applied).collect();
+    let Some(last) = lost.last().map(|r| r.seq) else {
+        return Ok(applied);
+    };
+    tracing::warn!(
+        transactions = lost.len(),
+        "applying metadata transactions the log kept and the database lost"
+    );
+    for record in &lost {
+        write_all(db, &decode_intent(&record.payload)?)?;
+    }
+    Ok(last)
 }
 
 /// A transaction as the closure sees it: reads go to the trees (no other
@@ -554,9 +676,14 @@ mod tests {
     /// sled's I/O threads may still hold the database's lock for a moment
     /// after the last handle of an earlier open is dropped.
     fn open(dir: &Path) -> SledStore {
+        open_log(dir, WAL_BYTES)
+    }
+
+    /// [`open`], making a write-ahead log of `wal_bytes` if there is none.
+    fn open_log(dir: &Path, wal_bytes: u64) -> SledStore {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match SledStore::open(&dir.join("db"), 1 << 20) {
+            match SledStore::open_with_log(&dir.join("db"), 1 << 20, wal_bytes) {
                 Ok(s) => return s,
                 Err(e) if std::time::Instant::now() < deadline => {
                     eprintln!("open again: {e}");
@@ -633,6 +760,13 @@ mod tests {
             return;
         };
         let s = open(Path::new(&dir));
+        // Too large for sled's log: a file of its own, synced apart, and a
+        // checkpoint rather than the write-ahead log.
+        s.transact(&["a"], &|t| t.insert("a", b"large", vec![5; 300 << 10]))
+            .unwrap();
+        assert!(!s.syncer.synced_blobs.lock().unwrap().names.is_empty());
+        // Then only the write-ahead log has these: sled's own flusher
+        // writes every 500 ms, and the child is gone long before.
         for i in 0..50u8 {
             // One key, and several keys over two trees, alternately.
             s.transact(&["a"], &|t| t.insert("a", &[i], vec![i])).unwrap();
@@ -644,10 +778,6 @@ mod tests {
             .unwrap();
         }
         s.transact(&["a"], &|t| t.insert("a", b"last", vec![1])).unwrap();
-        // Too large for sled's log: a file of its own, synced apart.
-        s.transact(&["a"], &|t| t.insert("a", b"large", vec![5; 300 << 10]))
-            .unwrap();
-        assert!(!s.syncer.synced_blobs.lock().unwrap().names.is_empty());
         // As a crash would: no destructor, no close, no flush runs.
         nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL).unwrap();
         unreachable!("SIGKILL is not caught");
@@ -681,6 +811,8 @@ mod tests {
     /// Set in a child process to the database it writes transactions of
     /// several keys to until it is killed.
     const LOOP_DB: &str = "CORTEN_METADATA_LOOP_DB";
+    /// The size of the write-ahead log the child makes.
+    const LOOP_WAL: &str = "CORTEN_METADATA_LOOP_WAL";
 
     /// Not a test of its own: the child [`a_crash_never_splits_a_transaction`] starts.
     #[test]
@@ -688,7 +820,8 @@ mod tests {
         let Some(dir) = std::env::var_os(LOOP_DB) else {
             return;
         };
-        let s = open(Path::new(&dir));
+        let wal_bytes = std::env::var(LOOP_WAL).unwrap().parse().unwrap();
+        let s = open_log(Path::new(&dir), wal_bytes);
         let start = s.scan_prefix("a", b"").unwrap().len() as u64;
         for i in start.. {
             let (key, before) = (i.to_be_bytes(), i.wrapping_sub(1).to_be_bytes());
@@ -699,6 +832,7 @@ mod tests {
                 t.insert("d", &key, key.to_vec())
             })
             .unwrap();
+            println!("acknowledged {}", i + 1);
         }
     }
 
@@ -707,6 +841,17 @@ mod tests {
     /// not at all, and the ones acknowledged before are all there.
     #[test]
     fn a_crash_never_splits_a_transaction() {
+        crash_loop(WAL_BYTES);
+    }
+
+    /// As above, with a log that holds two transactions, so the killed
+    /// child is often in a checkpoint or just after the log restarted.
+    #[test]
+    fn a_crash_never_splits_a_transaction_while_the_log_restarts() {
+        crash_loop(8 << 10);
+    }
+
+    fn crash_loop(wal_bytes: u64) {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -723,12 +868,18 @@ mod tests {
             let mut child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["store::tests::loop_child", "--exact", "--nocapture", "--test-threads=1"])
                 .env(LOOP_DB, dir.path())
-                .stdout(std::process::Stdio::null())
+                .env(LOOP_WAL, wal_bytes.to_string())
+                .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
             std::thread::sleep(std::time::Duration::from_micros(20_000 + rng % 150_000));
             child.kill().unwrap();
-            child.wait().unwrap();
+            let printed = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+            let acknowledged = printed
+                .lines()
+                .filter_map(|l| l.strip_prefix("acknowledged "))
+                .next_back()
+                .map_or(seen, |n| n.parse().unwrap());
 
             let s = open(dir.path());
             let a = s.scan_prefix("a", b"").unwrap();
@@ -736,6 +887,10 @@ mod tests {
             let d = s.scan_prefix("d", b"").unwrap();
             let n = a.len();
             assert!(n >= seen, "round {round}: {n} transactions after {seen}");
+            assert!(
+                n >= acknowledged,
+                "round {round}: {n} transactions, {acknowledged} acknowledged"
+            );
             assert_eq!(b.len(), n, "round {round}");
             for (i, ((ka, _), (kb, vb))) in a.iter().zip(&b).enumerate() {
                 assert_eq!(ka.as_slice(), (i as u64).to_be_bytes(), "round {round}");
