@@ -208,7 +208,7 @@ mod tests {
         let (wal, records) = Wal::open(&path, 4096).unwrap();
         assert!(records.is_empty());
         for seq in 1..=3 {
-            assert!(wal.append(seq, &vec![seq as u8; 100]).unwrap());
+            assert!(wal.append(seq, &[seq as u8; 100]).unwrap());
         }
         wal.sync(3).unwrap();
         drop(wal);
