@@ -28,7 +28,7 @@ use crate::{
     convert::mount_msg,
     publish::publish,
     request,
-    status::{blocking, inline, to_status},
+    status::{blocking, inline, short_write, to_status},
 };
 
 /// What an empty `snapshotter` field means, as in containerd.
@@ -85,7 +85,15 @@ impl Snapshots for SnapshotsService {
         let (key, parent) = (r.key.clone(), r.parent.clone());
         let labels = r.labels.into_iter().collect();
         let ns2 = ns.clone();
-        let mounts = blocking(move || sn.prepare(&ns2, &r.key, &r.parent, labels, lease.as_deref())).await?;
+        let work = move || sn.prepare(&ns2, &r.key, &r.parent, labels, lease.as_deref());
+        // Without a parent a snapshot starts empty on every snapshotter:
+        // a directory renamed into place and a record. With one, native
+        // copies the parent's files.
+        let mounts = if parent.is_empty() {
+            short_write(work).await?
+        } else {
+            blocking(work).await?
+        };
         let event = SnapshotPrepare { key, parent };
         publish(
             &self.events,
@@ -105,7 +113,14 @@ impl Snapshots for SnapshotsService {
         let r = request.into_inner();
         let sn = self.snapshotter(&r.snapshotter)?;
         let labels = r.labels.into_iter().collect();
-        let mounts = blocking(move || sn.view(&ns, &r.key, &r.parent, labels, lease.as_deref())).await?;
+        // As for a prepare.
+        let short = r.parent.is_empty();
+        let work = move || sn.view(&ns, &r.key, &r.parent, labels, lease.as_deref());
+        let mounts = if short {
+            short_write(work).await?
+        } else {
+            blocking(work).await?
+        };
         Ok(Response::new(ViewSnapshotResponse {
             mounts: mounts.into_iter().map(mount_msg).collect(),
         }))
@@ -148,7 +163,8 @@ impl Snapshots for SnapshotsService {
         let sn = self.snapshotter(&r.snapshotter)?;
         let key = r.key.clone();
         let ns2 = ns.clone();
-        blocking(move || sn.remove(&ns2, &r.key, lease.as_deref())).await?;
+        // A removal writes records alone: the files go with the collector.
+        short_write(move || sn.remove(&ns2, &r.key, lease.as_deref())).await?;
         publish(
             &self.events,
             &ns,
