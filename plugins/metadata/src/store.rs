@@ -1,10 +1,10 @@
 //! [`MetaStore`] on sled.
 //!
 //! sled acknowledges writes before they reach the disk, so every transaction
-//! is made durable by a log of our own before it returns. A process-wide read/write lock
-//! lets transactions run together but holds them off during an exclusive
-//! section (namespace deletion, garbage collection), because sled
-//! transactions cannot scan.
+//! is made durable by a log of our own before it returns. A process-wide
+//! read/write lock lets transactions run together but holds them off during
+//! an exclusive section (namespace deletion, garbage collection), because
+//! sled transactions cannot scan.
 //!
 //! Transactions read and stage their writes one at a time, under a mutex,
 //! and only their syncs overlap ([`SledStore::transact_unlocked`]): with
@@ -71,7 +71,10 @@
 //! too. sled writes a value too large for its log (over a quarter of a
 //! segment, 128 KiB) to a file of its own in `blobs/` and syncs neither;
 //! only such transactions write one, and the syncer syncs each new one,
-//! and the directory, first.
+//! and the directory, first. A transaction whose record cannot be written
+//! or synced is made durable by a checkpoint as well, and after a failed
+//! sync so is every later one: the kernel may have dropped the pages it
+//! could not write, so a later sync of the log proves nothing.
 //!
 //! At open, after the replay, the number goes up by as many records as the
 //! log could ever hold and sled is made durable: any record still in the
@@ -383,7 +386,14 @@ impl SledStore {
             let intent = encode_intent(names, &staged);
             self.apply(&trees, &staged, &intent, seq)?;
             *serial = seq;
-            let logged = intent.len() <= WAL_RECORD_MAX && self.wal.append(seq, &intent)?;
+            let logged = intent.len() <= WAL_RECORD_MAX
+                && self.wal.append(seq, &intent).unwrap_or_else(|e| {
+                    // Made durable by the checkpoint instead: a later
+                    // transaction's record must never stand in the log
+                    // without this one's writes durable somewhere.
+                    tracing::warn!("metadata write-ahead log: {e}");
+                    false
+                });
             if !logged {
                 self.checkpoint()?;
             }
@@ -395,7 +405,14 @@ impl SledStore {
         // durable is itself durable only after it, as the log is written in
         // the order of the transactions and a sync covers all of it.
         if let Some(seq) = logged {
-            self.wal.sync(seq)?;
+            if let Err(e) = self.wal.sync(seq) {
+                // A failed `fdatasync` may have dropped the pages it could
+                // not write, and a later one succeed without them; sled's
+                // own durable flush covers everything applied instead.
+                tracing::warn!("metadata write-ahead log: {e}");
+                let _serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                self.checkpoint()?;
+            }
             release_garbage();
         }
         for callback in self.on_mutation.read().unwrap_or_else(|e| e.into_inner()).iter() {

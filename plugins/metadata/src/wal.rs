@@ -23,7 +23,7 @@ use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex,
     },
 };
@@ -51,6 +51,9 @@ pub struct Wal {
     written: AtomicU64,
     /// The number of the last record a completed `fdatasync` covers.
     synced: Mutex<u64>,
+    /// Set by a failed `fdatasync`: the kernel may have dropped pages it
+    /// could not write, so no later sync proves anything about them.
+    failed: AtomicBool,
 }
 
 fn io_err(what: &str, path: &Path) -> impl Fn(std::io::Error) -> Error {
@@ -125,6 +128,7 @@ impl Wal {
             next: Mutex::new(0),
             written: AtomicU64::new(0),
             synced: Mutex::new(0),
+            failed: AtomicBool::new(false),
         };
         Ok((wal, records))
     }
@@ -161,14 +165,24 @@ impl Wal {
 
     /// Returns once record `seq`, and every record before it, is on stable
     /// storage. Callers that ask together share one `fdatasync`: any that
-    /// starts after a record was written covers it.
+    /// starts after a record was written covers it. Once one has failed,
+    /// every later call fails too.
     pub fn sync(&self, seq: u64) -> Result<(), Error> {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Internal(format!(
+                "an earlier fdatasync of {} failed",
+                self.path.display()
+            )));
+        }
         if *synced >= seq {
             return Ok(());
         }
         let covers = self.written.load(Ordering::SeqCst);
-        self.file.sync_data().map_err(io_err("fdatasync", &self.path))?;
+        if let Err(e) = self.file.sync_data() {
+            self.failed.store(true, Ordering::SeqCst);
+            return Err(io_err("fdatasync", &self.path)(e));
+        }
         *synced = covers;
         Ok(())
     }
