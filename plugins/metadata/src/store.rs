@@ -76,10 +76,11 @@
 //! sync so is every later one: the kernel may have dropped the pages it
 //! could not write, so a later sync of the log proves nothing.
 //!
-//! At open, after the replay, the number goes up by as many records as the
-//! log could ever hold and sled is made durable: any record still in the
-//! log, read or not, is then numbered below every later transaction and
-//! at or below sled's number, so no replay ever takes it for a lost one.
+//! At open, what the replay wrote is made durable in sled before any
+//! record is written over, and numbering goes on as many numbers above
+//! the highest known as the log could ever hold records: any record still
+//! in the log, read or not, is numbered below every later transaction, so
+//! it ends the log wherever a later record is followed by it.
 
 use std::{
     cell::RefCell,
@@ -113,8 +114,7 @@ const INTENT_KEY: &[u8] = b"corten.intent";
 /// the module's documentation.
 const APPLIED_KEY: &[u8] = b"corten.applied";
 /// The write-ahead log's size: records are a few hundred bytes, so it holds
-/// thousands of transactions between checkpoints, and making it (zeros,
-/// once per root) takes a few milliseconds.
+/// thousands of transactions between checkpoints.
 const WAL_BYTES: u64 = 1 << 20;
 /// A transaction whose record is larger is made durable by a checkpoint
 /// instead of the log. Kept below the size at which sled moves a value out
@@ -267,13 +267,15 @@ impl SledStore {
         }
         replay(&db)?;
         let (wal, records) = Wal::open(&path.with_extension("wal"), wal_bytes)?;
-        let applied = replay_log(&db, records)?;
-        // Above every number the log may still hold, read or not, so no
-        // record left in it is ever taken for a later one.
-        let applied = applied + wal.capacity();
-        db.insert(APPLIED_KEY, &applied.to_be_bytes())
-            .map_err(db_err("write metadata sequence"))?;
-        db.flush().map_err(db_err("flush metadata"))?;
+        let (last, replayed) = replay_log(&db, records)?;
+        if replayed {
+            db.insert(APPLIED_KEY, &last.to_be_bytes())
+                .map_err(db_err("write metadata sequence"))?;
+            db.flush().map_err(db_err("flush metadata"))?;
+        }
+        // Numbers go on above every number the log may still hold, read or
+        // not, so no record left in it is ever taken for a later one.
+        let applied = last + wal.capacity();
         let syncer = Syncer::open(path)?;
         // What the replay wrote, whatever an earlier run flushed but never
         // synced, and the names of sled's files, which sled does not sync
@@ -525,9 +527,9 @@ fn write_all(db: &sled::Db, writes: &[IntentWrite]) -> Result<(), Error> {
 }
 
 /// Applies, in order, the log's records of the transactions sled lost, and
-/// returns the highest transaction number sled or the log knows. Not
-/// flushed; the caller flushes and syncs.
-fn replay_log(db: &sled::Db, records: Vec<wal::Record>) -> Result<u64, Error> {
+/// returns the highest transaction number sled or the log knows, and
+/// whether it applied any. Not flushed.
+fn replay_log(db: &sled::Db, records: Vec<wal::Record>) -> Result<(u64, bool), Error> {
     let applied = match db.get(APPLIED_KEY).map_err(db_err("read metadata sequence"))? {
         Some(v) => u64::from_be_bytes(
             v.as_ref()
@@ -539,7 +541,7 @@ fn replay_log(db: &sled::Db, records: Vec<wal::Record>) -> Result<u64, Error> {
     };
     let lost: Vec<_> = records.into_iter().filter(|r| r.seq > applied).collect();
     let Some(last) = lost.last().map(|r| r.seq) else {
-        return Ok(applied);
+        return Ok((applied, false));
     };
     tracing::warn!(
         transactions = lost.len(),
@@ -548,7 +550,7 @@ fn replay_log(db: &sled::Db, records: Vec<wal::Record>) -> Result<u64, Error> {
     for record in &lost {
         write_all(db, &decode_intent(&record.payload)?)?;
     }
-    Ok(last)
+    Ok((last, true))
 }
 
 /// A transaction as the closure sees it: reads go to the trees (no other

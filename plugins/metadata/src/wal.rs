@@ -4,12 +4,13 @@
 //! an `fdatasync` after it: the two disk round trips and the hand-offs were
 //! most of the time of a metadata write.
 //!
-//! The file has a fixed size and is filled with zeros when it is made, so
-//! writing a record into it never changes its size or its extents: the
-//! `fdatasync` writes the record and flushes the disk's cache, nothing
-//! else. Records follow one another from offset 0; when the next one does
-//! not fit, the store makes sled itself durable (a checkpoint) and starts
-//! again at 0.
+//! The file has a fixed size, set when it is made (sparse: making it is two
+//! metadata syncs, not a megabyte of zeros, which a daemon's cold start
+//! would pay), so writing a record never changes its size: the `fdatasync`
+//! writes the record and flushes the disk's cache, and on the first pass
+//! through the file also the block a record is the first to touch. Records
+//! follow one another from offset 0; when the next one does not fit, the
+//! store makes sled itself durable (a checkpoint) and starts again at 0.
 //!
 //! A record is a header (magic, payload length, sequence number, CRC-32 of
 //! all of it) and a payload. Reading at open follows records from offset 0
@@ -188,19 +189,13 @@ impl Wal {
     }
 }
 
-/// Makes the log: zeros under a temporary name, synced, renamed into place,
-/// and the directory synced, so a crash leaves the whole file or none.
+/// Makes the log under a temporary name, synced, renamed into place, and
+/// the directory synced, so a crash leaves the whole file or none. A hole
+/// reads as zeros, which no record header matches.
 fn make(path: &Path, size: u64) -> Result<(), Error> {
     let temporary = path.with_extension("wal-new");
     let file = File::create(&temporary).map_err(io_err("create", &temporary))?;
-    let zeros = vec![0u8; 64 << 10];
-    let mut at = 0;
-    while at < size {
-        let n = zeros.len().min((size - at) as usize);
-        file.write_all_at(&zeros[..n], at)
-            .map_err(io_err("write", &temporary))?;
-        at += n as u64;
-    }
+    file.set_len(size).map_err(io_err("size", &temporary))?;
     file.sync_all().map_err(io_err("fsync", &temporary))?;
     std::fs::rename(&temporary, path).map_err(io_err("rename", path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
