@@ -15,6 +15,7 @@ use corten_api::containerd::{
         diff::v1::{diff_client::DiffClient, ApplyRequest},
         leases::v1::{leases_client::LeasesClient, CreateRequest},
         snapshots::v1::{snapshots_client::SnapshotsClient, PrepareSnapshotRequest, RemoveSnapshotRequest},
+        version::v1::version_client::VersionClient,
     },
     types::{Descriptor, Mount},
 };
@@ -137,6 +138,18 @@ impl Session {
 
     /// `cycles` times Prepare `k<i>` (no parent) then Remove `k<i>`, one
     /// call after the other on one client; the wall time of all of them.
+    /// Mean wall time of `calls` Version calls, one after the other on the
+    /// connection the cycles use: the cheapest call a daemon answers, so
+    /// the least any call costs through its gRPC stack and the socket.
+    pub async fn round_trip(&self, calls: u32) -> anyhow::Result<Duration> {
+        let mut client = VersionClient::new(self.channel.clone());
+        let started = Instant::now();
+        for _ in 0..calls {
+            client.version(()).await.context("Version")?;
+        }
+        Ok(started.elapsed() / calls)
+    }
+
     pub async fn cycles(&self, snapshotter: Snapshotter, cycles: u32) -> anyhow::Result<Duration> {
         let mut client = SnapshotsClient::new(self.channel.clone());
         let name = snapshotter.name();

@@ -67,6 +67,9 @@ pub struct Series {
     pub seconds: Vec<f64>,
     /// The `syncfs` right after an apply or tar; empty for cycles.
     pub syncfs_seconds: Vec<f64>,
+    /// A daemon's cheapest call before its cycles ([`Session::round_trip`]);
+    /// empty for other rows.
+    pub round_trip_seconds: Vec<f64>,
 }
 
 pub struct Measured {
@@ -95,6 +98,7 @@ pub fn run(
             row,
             seconds: Vec::new(),
             syncfs_seconds: Vec::new(),
+            round_trip_seconds: Vec::new(),
         })
         .collect();
     let mut versions: Vec<Option<String>> = subjects.iter().map(|_| None).collect();
@@ -148,14 +152,15 @@ pub fn run(
                         snapshotter,
                         workdir,
                     };
-                    let (version, elapsed, flush) = match row {
-                        Row::Apply(..) => target.apply(layer, &blob),
-                        _ => target.cycles(plan.cycles).map(|(v, e)| (v, e, None)),
+                    let (version, elapsed, flush, round_trip) = match row {
+                        Row::Apply(..) => target.apply(layer, &blob).map(|(v, e, f)| (v, e, f, None)),
+                        _ => target.cycles(plan.cycles).map(|(v, e, r)| (v, e, None, Some(r))),
                     }
                     .with_context(context)?;
                     versions[index].get_or_insert(version);
                     into.seconds.push(elapsed.as_secs_f64());
                     into.syncfs_seconds.extend(flush.map(|f| f.as_secs_f64()));
+                    into.round_trip_seconds.extend(round_trip.map(|r| r.as_secs_f64()));
                 }
             }
         }
@@ -219,17 +224,20 @@ impl Target<'_> {
     /// The cycles on one connection, made before the clock starts, under a
     /// lease: without one, both daemons' garbage collectors (started by the
     /// removals) take a just-prepared snapshot before its Remove comes.
-    fn cycles(&self, cycles: u32) -> anyhow::Result<(String, Duration)> {
+    /// Before them, as many Version calls on the same connection, timed
+    /// apart. Returns the version, the cycles and one call's round trip.
+    fn cycles(&self, cycles: u32) -> anyhow::Result<(String, Duration, Duration)> {
         let (daemon, version) = self.start()?;
         let socket = daemon.socket().to_path_buf();
-        let elapsed = runtime()?.block_on(async {
+        let timed = runtime()?.block_on(async {
             let mut session = Session::connect(&socket).await?;
             session.lease().await?;
-            session.cycles(self.snapshotter, cycles).await
+            let round_trip = session.round_trip(cycles).await?;
+            Ok::<_, anyhow::Error>((session.cycles(self.snapshotter, cycles).await?, round_trip))
         });
-        let elapsed = elapsed?;
+        let (elapsed, round_trip) = timed?;
         daemon.stop()?;
-        Ok((version, elapsed))
+        Ok((version, elapsed, round_trip))
     }
 
     fn start(&self) -> anyhow::Result<(Running, String)> {
