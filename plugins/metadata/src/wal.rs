@@ -108,8 +108,8 @@ fn read_all(file: &File, len: u64) -> std::io::Result<Vec<Record>> {
 }
 
 impl Wal {
-    /// Opens the log at `path`, making it `size` bytes of zeros first if it
-    /// does not exist, and returns the records it holds.
+    /// Opens the log at `path`, making it first (`size` bytes, all a hole)
+    /// if it does not exist, and returns the records it holds.
     pub fn open(path: &Path, size: u64) -> Result<(Wal, Vec<Record>), Error> {
         if !path.exists() {
             make(path, size)?;
