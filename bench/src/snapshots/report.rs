@@ -334,6 +334,16 @@ impl Report {
         }
     }
 
+    /// One `<snapshotter> <what>` per corten snapshotter measured, joined by `separator`.
+    fn per_snapshotter(&self, separator: &str, what: impl Fn(&TargetResult) -> String) -> String {
+        self.targets
+            .measured
+            .iter()
+            .map(|t| format!("{} {}", t.snapshotter.name(), what(t)))
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+
     pub fn table(&self) -> String {
         let reference = self.tools.containerd.is_some();
         let mut out = format!(
@@ -423,35 +433,21 @@ impl Report {
         out.push_str(&table.render());
         out.push('\n');
 
-        let to_limit: Vec<String> = self
-            .targets
-            .measured
-            .iter()
-            .map(|t| format!("{} at {:.2} of it", t.snapshotter.name(), t.cycles_ratio_to_limit))
-            .collect();
+        let to_limit = self.per_snapshotter(", ", |t| format!("at {:.2} of it", t.cycles_ratio_to_limit));
         let _ = writeln!(
             out,
-            "limit = a durable cycle without gRPC or a database at {:.0}/s; corten {}",
+            "limit = a durable cycle without gRPC or a database at {:.0}/s; corten {to_limit}",
             self.limit.cycles_per_s,
-            to_limit.join(", ")
         );
-        let with_calls: Vec<String> = self
-            .targets
-            .measured
-            .iter()
-            .map(|t| {
-                format!(
-                    "{} {:.0}/s, corten at {:.2} of it",
-                    t.snapshotter.name(),
-                    t.limit_with_calls_per_s,
-                    t.cycles_ratio_to_limit_with_calls
-                )
-            })
-            .collect();
+        let with_calls = self.per_snapshotter("; ", |t| {
+            format!(
+                "{:.0}/s, corten at {:.2} of it",
+                t.limit_with_calls_per_s, t.cycles_ratio_to_limit_with_calls
+            )
+        });
         let _ = writeln!(
             out,
-            "limit + 2 calls = the durable cycle with two of corten's cheapest calls added: {}",
-            with_calls.join("; ")
+            "limit + 2 calls = the durable cycle with two of corten's cheapest calls added: {with_calls}"
         );
         let _ = writeln!(
             out,
@@ -459,43 +455,19 @@ impl Report {
              {:.1} MiB/s with its syncfs",
             self.limit.mib_per_s, self.limit.with_syncfs_mib_per_s
         );
-        let cycles: Vec<String> = self
-            .targets
-            .measured
-            .iter()
-            .map(|t| {
-                format!(
-                    "{} {:.0}/s {}",
-                    t.snapshotter.name(),
-                    t.cycles_per_s,
-                    verdict(t.cycles_met)
-                )
-            })
-            .collect();
+        let cycles = self.per_snapshotter(", ", |t| format!("{:.0}/s {}", t.cycles_per_s, verdict(t.cycles_met)));
         let _ = writeln!(
             out,
-            "target: corten at {:.0} prepare + remove cycles per second or better: {}",
+            "target: corten at {:.0} prepare + remove cycles per second or better: {cycles}",
             self.targets.cycles_per_s,
-            cycles.join(", ")
         );
-        let applies: Vec<String> = self
-            .targets
-            .measured
-            .iter()
-            .map(|t| {
-                format!(
-                    "{} {:.2} {}",
-                    t.snapshotter.name(),
-                    t.apply_ratio_to_tar,
-                    verdict(t.apply_met)
-                )
-            })
-            .collect();
+        let applies = self.per_snapshotter(", ", |t| {
+            format!("{:.2} {}", t.apply_ratio_to_tar, verdict(t.apply_met))
+        });
         let _ = writeln!(
             out,
-            "target: corten apply at {} of tar -xzf's speed or better: {}",
+            "target: corten apply at {} of tar -xzf's speed or better: {applies}",
             self.targets.apply_ratio_to_tar,
-            applies.join(", ")
         );
         let budget_ms = 1e3 / self.targets.cycles_per_s;
         let _ = writeln!(
