@@ -7,6 +7,7 @@
 //!   state (which backend key names which directory, parents, usage); its
 //!   top holds the argument for why a crash leaves nothing half-made;
 //! - `spares`: snapshot directories made ahead of need, off the creations' path;
+//! - `priority`: the lower CPU priority that housekeeping (spares, removals) runs at;
 //! - `driver`: what differs between the two: how a snapshot's files come to be
 //!   and how it is mounted;
 //! - `overlay`, `native`: the two drivers with their registrations and configs;
@@ -21,6 +22,7 @@ mod driver;
 mod native;
 mod overlay;
 mod plugin;
+mod priority;
 mod spares;
 mod store;
 mod usage;

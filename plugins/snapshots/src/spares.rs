@@ -6,7 +6,8 @@
 //! journal it will not reuse them for a while), and snapshot directories
 //! are freed as fast as they are made. Measured in the daemon, the two or
 //! three `mkdir`s of a creation took more time than anything else in it. A
-//! thread of its own makes them here instead, off the creation's path.
+//! thread of its own makes them here instead, off the creation's path, at
+//! a lower CPU priority ([`priority`](crate::priority)).
 //!
 //! Under the root, `spare/<batch>/<n>` holds a set: `<n>` itself (0700) and
 //! the [`DirSpec`]s of one layout inside, with their modes. The thread
@@ -387,6 +388,7 @@ impl Shared {
     /// least `READY - BATCH + 1` sets (at most [`READY`]), recycles drained
     /// batches, and sleeps until it is needed again.
     fn run(&self) {
+        crate::priority::lower_for_good();
         let layouts: Vec<_> = lock(&self.state).pools.iter().map(|p| p.layout).collect();
         let adopted = adopt(&self.dir, &layouts).and_then(|found| {
             let husks = self.husk_dir();

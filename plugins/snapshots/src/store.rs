@@ -588,7 +588,9 @@ impl Snapshotter for SnapshotStore {
             }
             self.backend.prune(&referenced)?
         };
-        // Outside the lock: removing a large tree takes a while.
+        // Outside the lock: removing a large tree takes a while. Below the
+        // request threads' priority: only an explicit collection waits for it.
+        let _lowered = crate::priority::lower_for_now();
         Ok(self.backend.remove_dirs(pruned))
     }
 }
