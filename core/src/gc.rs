@@ -3,7 +3,8 @@
 
 use crate::Error;
 
-/// What one collection removed and how long it held the database.
+/// What one collection removed and how long it held writers off (the
+/// database, and snapshotters' creations while they pruned).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     pub removed: u64,

@@ -2,7 +2,10 @@
 //! namespace. What the snapshots service, the differ, image unpacking and
 //! the runtime use.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +154,17 @@ pub trait Snapshotter: Send + Sync + 'static {
     fn remove(&self, ns: &str, key: &str, lease: Option<&str>) -> Result<(), Error>;
     fn list(&self, ns: &str) -> Result<Vec<Info>, Error>;
     /// Removes backend state no record references (after a GC sweep, or
-    /// the Cleanup RPC); returns how many backend snapshots went.
-    fn cleanup(&self) -> Result<u64, Error>;
+    /// the Cleanup RPC).
+    fn cleanup(&self) -> Result<Cleaned, Error>;
+}
+
+/// What [`Snapshotter::cleanup`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Backend snapshots removed.
+    pub removed: u64,
+    /// How long it held off this snapshotter's creations and commits while
+    /// it worked out what goes: the collector counts it as pause, as it
+    /// counts its own hold on the database.
+    pub paused: Duration,
 }

@@ -36,7 +36,9 @@ use crate::{
 /// When collections run, as the config sets it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    /// The largest share of time collections may hold the database, in (0, 0.5].
+    /// The largest share of time collections may hold writers off, in (0, 0.5]:
+    /// all of them while the sweep holds the database, and a snapshotter's
+    /// creations while its cleanup works out what goes.
     pub pause_threshold: f64,
     /// Deletions that make a collection due; 0 = any deletion does (containerd's meaning).
     pub deletion_threshold: u64,
@@ -49,7 +51,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// How long to wait after a collection that held the database for `held`
+    /// How long to wait after a collection that held writers off for `held`
     /// so that collections hold it at most `pause_threshold` of the time.
     pub(crate) fn pause_after(&self, held: Duration) -> Duration {
         let secs = held.as_secs_f64() * (1.0 / self.pause_threshold - 1.0);
@@ -290,7 +292,12 @@ impl Gc {
                 continue;
             }
             match snapshotter.cleanup() {
-                Ok(n) => debug!(snapshotter = id, removed = n, "gc: cleaned up snapshots"),
+                Ok(cleaned) => {
+                    // Its creations waited while it worked out what goes, as
+                    // every writer waited for the sweep: both are the pause.
+                    held += cleaned.paused;
+                    debug!(snapshotter = id, removed = cleaned.removed, "gc: cleaned up snapshots");
+                }
                 Err(e) => {
                     warn!("gc: cleaning up {id} snapshots: {e}");
                     lock(&self.dirty).trees.insert(tree);
@@ -463,6 +470,88 @@ mod tests {
             ..settings()
         };
         assert_eq!(tiny.pause_after(Duration::from_secs(1)), Duration::MAX);
+    }
+
+    /// A snapshotter whose cleanup holds its creations off for `paused`.
+    struct Pausing {
+        paused: Duration,
+    }
+
+    impl Snapshotter for Pausing {
+        fn stat(&self, _: &str, _: &str) -> Result<snapshots::Info, Error> {
+            unimplemented!()
+        }
+        fn update(&self, _: &str, _: &snapshots::Info, _: &[String]) -> Result<snapshots::Info, Error> {
+            unimplemented!()
+        }
+        fn usage(&self, _: &str, _: &str) -> Result<snapshots::Usage, Error> {
+            unimplemented!()
+        }
+        fn mounts(&self, _: &str, _: &str) -> Result<Vec<corten_core::mount::Mount>, Error> {
+            unimplemented!()
+        }
+        fn prepare(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: std::collections::BTreeMap<String, String>,
+            _: Option<&str>,
+        ) -> Result<Vec<corten_core::mount::Mount>, Error> {
+            unimplemented!()
+        }
+        fn view(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: std::collections::BTreeMap<String, String>,
+            _: Option<&str>,
+        ) -> Result<Vec<corten_core::mount::Mount>, Error> {
+            unimplemented!()
+        }
+        fn commit(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: std::collections::BTreeMap<String, String>,
+            _: Option<&str>,
+        ) -> Result<(), Error> {
+            unimplemented!()
+        }
+        fn remove(&self, _: &str, _: &str, _: Option<&str>) -> Result<(), Error> {
+            unimplemented!()
+        }
+        fn list(&self, _: &str) -> Result<Vec<snapshots::Info>, Error> {
+            unimplemented!()
+        }
+        fn cleanup(&self) -> Result<snapshots::Cleaned, Error> {
+            std::thread::sleep(self.paused);
+            Ok(snapshots::Cleaned {
+                removed: 0,
+                paused: self.paused,
+            })
+        }
+    }
+
+    #[test]
+    fn a_snapshotters_pause_counts_towards_the_next_wait() {
+        let db = Db::new();
+        let paused = Duration::from_millis(200);
+        let gc = Gc::with_snapshotters(
+            db.store.clone(),
+            Vec::new(),
+            vec![("pausing", Arc::new(Pausing { paused }) as Arc<dyn Snapshotter>)],
+            settings(),
+            Metrics::new(&Registry::new()).unwrap(),
+        );
+        // The first collection cleans every snapshotter up.
+        let stats = gc.collect().unwrap();
+        assert!(stats.duration >= paused, "{stats:?}");
+        // At a threshold of 0.5 the wait is as long as the pause.
+        let left = gc.pause_left();
+        assert!(left > paused / 2 && left <= stats.duration, "{left:?}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use corten_core::{
@@ -24,7 +24,7 @@ use corten_core::{
     metadata::{self, MetaStore},
     mount::Mount,
     namespaces::{self, Namespaces},
-    snapshots::{self, Info, Kind, Record, Snapshotter, Usage},
+    snapshots::{self, Cleaned, Info, Kind, Record, Snapshotter, Usage},
     Error,
 };
 
@@ -571,9 +571,10 @@ impl Snapshotter for SnapshotStore {
         Ok(out)
     }
 
-    fn cleanup(&self) -> Result<u64, Error> {
-        let pruned = {
+    fn cleanup(&self) -> Result<Cleaned, Error> {
+        let (pruned, paused) = {
             let _creating = write(&self.creating);
+            let locked = Instant::now();
             let mut referenced = HashSet::new();
             for (key, value) in self.meta.scan_prefix(&self.tree, b"")? {
                 // Unreadable, it may name anything: remove nothing rather
@@ -586,11 +587,12 @@ impl Snapshotter for SnapshotStore {
                 })?;
                 referenced.insert(record.backend_key);
             }
-            self.backend.prune(&referenced)?
+            (self.backend.prune(&referenced)?, locked.elapsed())
         };
         // Outside the lock: removing a large tree takes a while. Below the
         // request threads' priority: only an explicit collection waits for it.
         let _lowered = crate::priority::lower_for_now();
-        Ok(self.backend.remove_dirs(pruned))
+        let removed = self.backend.remove_dirs(pruned);
+        Ok(Cleaned { removed, paused })
     }
 }

@@ -281,9 +281,9 @@ fn lifecycle(which: Which) {
     }
     assert!(s.list("ns").unwrap().is_empty());
     assert!(!f.snapshot_dirs().is_empty(), "files stay until cleanup");
-    assert_eq!(s.cleanup().unwrap(), 5);
+    assert_eq!(s.cleanup().unwrap().removed, 5);
     assert!(f.snapshot_dirs().is_empty());
-    assert_eq!(s.cleanup().unwrap(), 0);
+    assert_eq!(s.cleanup().unwrap().removed, 0);
 }
 
 #[test]
@@ -592,7 +592,7 @@ fn cleanup_removes_what_no_record_names(which: Which) {
     fs::create_dir_all(f.root().join("snapshots/999999/fs")).unwrap();
     fs::create_dir_all(f.root().join("snapshots/junk")).unwrap();
 
-    assert_eq!(s.cleanup().unwrap(), 3);
+    assert_eq!(s.cleanup().unwrap().removed, 3);
     let source_dir = |m: &[Mount]| PathBuf::from(&m[0].source).parent().unwrap().to_path_buf();
     assert!(!source_dir(&gone).exists());
     assert!(!f.root().join("snapshots/999999").exists());
@@ -604,7 +604,7 @@ fn cleanup_removes_what_no_record_names(which: Which) {
         assert_eq!(fs::read(Path::new(&child[0].source).join("f")).unwrap(), b"kept");
     }
     s.remove("ns", "child", None).unwrap();
-    assert_eq!(s.cleanup().unwrap(), 2, "the child, then the parent it held");
+    assert_eq!(s.cleanup().unwrap().removed, 2, "the child, then the parent it held");
     assert!(f.snapshot_dirs().is_empty());
 }
 
@@ -696,7 +696,7 @@ fn state_survives_a_reopen(which: Which) {
     assert!(seq(&after) > seq(&before), "{after} after {before}");
     let new_source = &f.store.mounts("ns", "new").unwrap()[0];
     assert_ne!(new_source, &child[0], "a new snapshot gets a new directory");
-    assert_eq!(f.store.cleanup().unwrap(), 0, "nothing referenced is removed");
+    assert_eq!(f.store.cleanup().unwrap().removed, 0, "nothing referenced is removed");
 }
 
 #[test]
@@ -943,7 +943,7 @@ fn crash_after_creations(which: Which) {
         assert!(f.snapshot_dirs().contains(seq), "{key}: {}", record.backend_key);
     }
     assert_eq!(s.stat("ns", "child").unwrap().parent, "c");
-    assert_eq!(s.cleanup().unwrap(), 0, "nothing referenced is removed");
+    assert_eq!(s.cleanup().unwrap().removed, 0, "nothing referenced is removed");
 
     // Restored, they work as any other: commit, layer on, remove.
     s.commit("ns", "c2", "child", none(), None).unwrap();
