@@ -96,7 +96,10 @@ use redb::{Database, ReadOnlyTable, ReadableTable, TableDefinition, WriteTransac
 use serde::{Deserialize, Serialize};
 use tracing::{error, warn};
 
-use crate::spares::{self, Spares};
+use crate::{
+    priority,
+    spares::{self, Spares},
+};
 
 /// Backend key (`<ns>/<seq>/<key>`) -> snapshot id. A committed snapshot has
 /// two keys until cleanup drops the one its active record had.
@@ -720,6 +723,7 @@ impl Backend {
             Ok(list) => {
                 for entry in list.flatten() {
                     if self.empty_and_recycle(&entry.path()) == Gone::Left {
+                        let _lowered = priority::lower_for_now();
                         self.remove_dir(&entry.path());
                     }
                 }
@@ -746,6 +750,9 @@ impl Backend {
             };
         }
         let mut emptied = true;
+        // Only the emptying runs lowered; the rename that recycles `dir`
+        // does not (see `priority`).
+        let lowered = priority::lower_for_now();
         match fs::read_dir(dir) {
             Ok(list) => {
                 for entry in list {
@@ -767,6 +774,7 @@ impl Backend {
             }
             Err(_) => emptied = false,
         }
+        drop(lowered);
         let ours = meta.permissions().mode() & 0o7777 == 0o700 && (meta.uid(), meta.gid()) == self.owner;
         if emptied && ours && self.spares.recycle(dir) {
             Gone::Recycled

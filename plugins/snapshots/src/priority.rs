@@ -11,7 +11,13 @@
 //! contended CPU and all of an idle one: slower under load, never starved,
 //! as `SCHED_IDLE` could leave them.
 //!
-//! Linux keeps a nice value per thread, so only the calling thread changes.
+//! Only those calls run lowered, never a `rename`: a rename between
+//! directories takes the filesystem's one rename lock, and a lowered thread
+//! holding it on a busy machine would hold up every creation, which moves
+//! its directory into `snapshots/` with a rename. So the priority goes back
+//! up after each such call, which needs `CAP_SYS_NICE`; without it, nothing
+//! is lowered. Linux keeps a nice value per thread, so only the calling
+//! thread changes.
 
 use std::sync::OnceLock;
 
@@ -39,21 +45,8 @@ fn set(nice: i32) -> Result<(), Errno> {
     Errno::result(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) }).map(drop)
 }
 
-/// Lowers the calling thread to [`NICE`] for the rest of its life: for a
-/// thread that does nothing but housekeeping. A thread already lower stays
-/// as it is.
-pub fn lower_for_good() {
-    if current().is_some_and(|nice| nice < NICE) {
-        if let Err(e) = set(NICE) {
-            debug!("housekeeping thread keeps its CPU priority: setpriority: {e}");
-        }
-    }
-}
-
-/// Lowers the calling thread to [`NICE`] until the guard is dropped: for
-/// housekeeping on a thread of a shared pool, which must get its priority
-/// back. Raising a nice value again needs `CAP_SYS_NICE`; without it,
-/// nothing is lowered.
+/// Lowers the calling thread to [`NICE`] until the guard is dropped. A
+/// thread already lower stays as it is.
 pub fn lower_for_now() -> Lowered {
     let restore = current()
         .filter(|&nice| nice < NICE && may_raise())
@@ -70,7 +63,7 @@ impl Drop for Lowered {
     fn drop(&mut self) {
         if let Some(nice) = self.restore {
             if let Err(e) = set(nice) {
-                debug!("housekeeping left a pool thread at nice {NICE}: setpriority: {e}");
+                debug!("housekeeping left its thread at nice {NICE}: setpriority: {e}");
             }
         }
     }
@@ -113,13 +106,13 @@ mod tests {
     }
 
     #[test]
-    fn lowered_for_good_stays_and_never_raises() {
+    fn never_raises_a_thread_already_lower() {
         std::thread::spawn(|| {
-            lower_for_good();
-            assert_eq!(current(), Some(NICE));
             set(15).unwrap();
-            lower_for_good();
-            let _lowered = lower_for_now();
+            {
+                let _lowered = lower_for_now();
+                assert_eq!(current(), Some(15));
+            }
             assert_eq!(current(), Some(15));
         })
         .join()

@@ -388,7 +388,6 @@ impl Shared {
     /// least `READY - BATCH + 1` sets (at most [`READY`]), recycles drained
     /// batches, and sleeps until it is needed again.
     fn run(&self) {
-        crate::priority::lower_for_good();
         let layouts: Vec<_> = lock(&self.state).pools.iter().map(|p| p.layout).collect();
         let adopted = adopt(&self.dir, &layouts).and_then(|found| {
             let husks = self.husk_dir();
@@ -477,9 +476,12 @@ impl Shared {
         let sets: Vec<u64> = (batch + 1..=batch + BATCH as u64).collect();
         for n in &sets {
             let set = dir.join(n.to_string());
-            let made = self
-                .empty_dir(&set)
-                .and_then(|()| make_inside(&set, layout, self.umask));
+            let made = self.empty_dir(&set).and_then(|()| {
+                // Only the `mkdir`s run lowered; the renames that move husks
+                // do not (see `priority`).
+                let _lowered = crate::priority::lower_for_now();
+                make_inside(&set, layout, self.umask)
+            });
             if let Err(e) = made {
                 remove(&dir);
                 return Err(e);

@@ -589,9 +589,7 @@ impl Snapshotter for SnapshotStore {
             }
             (self.backend.prune(&referenced)?, locked.elapsed())
         };
-        // Outside the lock: removing a large tree takes a while. Below the
-        // request threads' priority: only an explicit collection waits for it.
-        let _lowered = crate::priority::lower_for_now();
+        // Outside the lock: removing a large tree takes a while.
         let removed = self.backend.remove_dirs(pruned);
         Ok(Cleaned { removed, paused })
     }
