@@ -1,10 +1,11 @@
 //! Housekeeping at a lower CPU priority.
 //!
-//! Two jobs of a snapshotter answer no caller directly: making directories
-//! ahead of need ([`spares`](crate::spares)) and removing the directories of
-//! snapshots that are gone (a collection's cleanup). Both are heavy on the
+//! Two jobs of a snapshotter answer no request as it runs: making
+//! directories ahead of need ([`spares`](crate::spares)) and removing the
+//! directories of snapshots that are gone (a collection's cleanup; only a
+//! Cleanup call or an explicit collection waits for one). Both are heavy on the
 //! filesystem: ext4 without a journal scans past every recently freed inode
-//! to make a directory (a `mkdir` took 0.38 ms of CPU in the prepare +
+//! to make a directory (a `mkdir` took 0.38 ms, most of it that scan, in the prepare +
 //! remove benchmark), and with `-o discard` a removal waits for the disk to
 //! discard each freed block. On a two-CPU machine they took CPU from the
 //! threads answering requests. At [`NICE`] they get about a tenth of a
