@@ -4,6 +4,7 @@
 //! compares numbers taken on different machines or at different times.
 
 mod daemon;
+mod idle;
 mod ingest;
 mod machine;
 mod probe;

@@ -97,6 +97,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     let context = report::Context {
         plan: &plan,
         machine,
+        idle: crate::idle::Idle::read(),
         filesystem: workdir.filesystem.clone(),
         subjects: &subjects,
         tools: &tools,

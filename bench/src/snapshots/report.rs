@@ -14,6 +14,7 @@ use crate::table::{cpus, daemon_lines, disk_line, field, notes, verdict, Daemon,
 use crate::workdir::Filesystem;
 use crate::{
     daemon::{Kind, Subject},
+    idle::Idle,
     machine::Machine,
     stats::Summary,
 };
@@ -30,6 +31,7 @@ const MIB: f64 = (1u64 << 20) as f64;
 pub struct Report {
     benchmark: &'static str,
     machine: Machine,
+    idle: Idle,
     filesystem: Filesystem,
     settings: Settings,
     tools: ToolVersions,
@@ -135,6 +137,7 @@ struct TargetResult {
 pub struct Context<'a> {
     pub plan: &'a Plan,
     pub machine: Machine,
+    pub idle: Idle,
     pub filesystem: Filesystem,
     pub subjects: &'a [Subject],
     pub tools: &'a Tools,
@@ -146,6 +149,7 @@ impl Report {
         let Context {
             plan,
             machine,
+            idle,
             filesystem,
             subjects,
             tools,
@@ -302,10 +306,20 @@ impl Report {
         ];
         notes.extend(subjects.iter().flat_map(Subject::notes));
         notes.extend(machine.busy_note());
+        if idle.halts_at_once() {
+            notes.push(
+                "cpuidle: this VM's idle vCPUs halt without polling first, so every wait of a cycle \
+                 (for a request, a reply, and the disk twice in each fdatasync: the write, then the cache \
+                 flush) ends in a wake-up that goes through the hypervisor; ms per call and the fsync \
+                 probe include them, and a daemon avoids them only by keeping a CPU busy"
+                    .to_string(),
+            );
+        }
 
         Report {
             benchmark: "snapshots",
             machine,
+            idle,
             filesystem,
             settings: Settings {
                 cycles: plan.cycles,
@@ -370,6 +384,7 @@ impl Report {
                 layer.symlinks
             ),
         );
+        field(&mut out, "cpuidle:", self.idle.describe());
         field(
             &mut out,
             "fsync:",
