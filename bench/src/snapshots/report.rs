@@ -310,8 +310,9 @@ impl Report {
             notes.push(
                 "cpuidle: this VM's idle vCPUs halt without polling first, so every wait of a cycle \
                  (for a request, for a reply, and for the disk in each fdatasync: twice where the disk \
-                 has no FUA, once for the write and once for the cache flush) ends in a wake-up that goes through the hypervisor; ms per call and the fsync \
-                 probe include them, and a daemon avoids them only by keeping a CPU busy"
+                 has no FUA, once for the write and once for the cache flush) ends in a wake-up that \
+                 goes through the hypervisor; ms per call and the fsync probe include them, and a \
+                 daemon avoids them only by keeping a CPU busy"
                     .to_string(),
             );
         }
