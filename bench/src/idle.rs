@@ -40,11 +40,13 @@ impl Idle {
 
     /// The header's words for it.
     pub fn describe(&self) -> String {
+        if self.halts_at_once() {
+            return "haltpoll with guest_halt_poll_ns=0: an idle vCPU halts at once, and each wake-up \
+                    of it goes through the hypervisor"
+                .to_string();
+        }
         match (self.driver.as_deref(), self.guest_halt_poll_ns) {
             (None, _) => "unknown (no cpuidle driver)".to_string(),
-            (Some("haltpoll"), Some(0)) => "haltpoll with guest_halt_poll_ns=0: an idle vCPU halts at \
-                 once, and each wake-up of it goes through the hypervisor"
-                .to_string(),
             (Some("haltpoll"), Some(ns)) => format!(
                 "haltpoll: an idle vCPU polls up to {:.0} us before it halts",
                 ns as f64 / 1e3
